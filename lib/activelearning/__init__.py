@@ -1,0 +1,1 @@
+"""Active learning strategies and the scoring method of the MONAI Label app."""

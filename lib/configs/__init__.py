@@ -1,0 +1,1 @@
+"""MONAI Label task configurations (TaskConfig), one module per model."""

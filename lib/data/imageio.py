@@ -1,0 +1,143 @@
+"""Reading and writing 2D ultrasound frames and masks.
+
+Images are returned as ``float32`` arrays of shape ``(H, W)`` with values in
+``[0, 1]`` (row = y, column = x, as numpy slicing: ``image[y, x]``). Colour
+frames are converted to grayscale with the ITU-R 601 luma weights. Masks are
+``bool`` arrays of shape ``(H, W)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from lib.data.atomic import atomic_path
+from lib.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm")
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+
+
+def image_name(path: str | os.PathLike) -> str:
+    """The image name used in tables and ids: the file name without its image extension."""
+    name = Path(path).name
+    for ext in IMAGE_EXTENSIONS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(path).stem
+
+
+def _to_gray_unit(array: np.ndarray, source: str) -> np.ndarray:
+    array = np.asarray(array)
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        array = array[..., :3].astype(np.float64) @ _LUMA
+    elif array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise DataError(f"{source}: expected a 2D image (H, W) or colour (H, W, 3), got shape {tuple(np.shape(array))}")
+    if np.issubdtype(np.asarray(array).dtype, np.integer) or array.dtype == bool:
+        info_max = 255.0 if array.max(initial=0) <= 255 else float(np.iinfo(np.uint16).max)
+        out = array.astype(np.float64) / info_max
+    else:
+        out = array.astype(np.float64)
+        top = out.max(initial=0.0)
+        if top > 1.0:
+            out = out / (255.0 if top <= 255.0 else top)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise DataError(f"{path}: not a readable DICOM image ({str(exc).strip().splitlines()[-1]})") from None
+    array = sitk.GetArrayFromImage(img)  # (frames, H, W[, C]) or (H, W[, C])
+    if img.GetNumberOfComponentsPerPixel() == 1 and array.ndim == 3:
+        if array.shape[0] != 1:
+            raise DataError(f"{path}: multi-frame DICOM with {array.shape[0]} frames; export one frame per file")
+        array = array[0]
+    elif array.ndim == 4:
+        if array.shape[0] != 1:
+            raise DataError(f"{path}: multi-frame DICOM with {array.shape[0]} frames; export one frame per file")
+        array = array[0]
+    return array
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a PNG, JPEG or DICOM frame as grayscale ``float32`` ``(H, W)`` in ``[0, 1]``.
+
+    Raises:
+        DataError: the file is missing, not an image, or not a single 2D frame.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    if path.suffix.lower() == ".dcm":
+        return _to_gray_unit(_read_dicom(path), str(path))
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("P", "PA", "LA", "CMYK", "YCbCr", "HSV"):
+                img = img.convert("RGB")
+            array = np.asarray(img)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
+    return _to_gray_unit(array, str(path))
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of an image file, read from its header when possible."""
+    path = Path(path)
+    if path.suffix.lower() != ".dcm":
+        try:
+            with Image.open(path) as img:
+                return img.size
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise DataError(f"{path}: not a readable image ({exc})") from None
+    h, w = read_image(path).shape
+    return w, h
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a binary mask (any nonzero pixel is foreground) as ``bool`` ``(H, W)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: mask file not found")
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable mask image ({exc})") from None
+    if array.ndim == 3:
+        array = array[..., :3].max(axis=-1)
+    if array.ndim != 2:
+        raise DataError(f"{path}: expected a 2D mask, got shape {array.shape}")
+    return array > 0
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """``[0, 1]`` float image to ``uint8``, rounding to the nearest level."""
+    return np.clip(np.rint(np.asarray(image, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a 2D array atomically as an 8-bit PNG.
+
+    ``bool`` masks are written as 0/255 so that they are visible in any viewer
+    (and :func:`read_mask` reads any nonzero pixel as foreground).
+    Float arrays are taken as ``[0, 1]`` intensities; ``uint8`` is written as is.
+    """
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype != np.uint8:
+        array = to_uint8(array)
+    if array.ndim != 2:
+        raise ValueError(f"write_png expects a 2D array, got shape {array.shape}")
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(array, mode="L").save(tmp, format="PNG")

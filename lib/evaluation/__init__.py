@@ -1,0 +1,1 @@
+"""The evaluation protocol of the paper, baselines, metrics and report."""

@@ -1,0 +1,1 @@
+"""MONAI Label infer tasks (BasicInferTask), thin wrappers over lib.loris and lib.detection."""

@@ -1,0 +1,1 @@
+"""The LoRIS method: single-mask inpainting, anomaly maps, scores, segmentation, training, calibration."""

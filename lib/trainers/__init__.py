@@ -1,0 +1,1 @@
+"""MONAI Label train tasks (BasicTrainTask), thin wrappers over the method training code."""
