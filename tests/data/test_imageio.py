@@ -1,0 +1,50 @@
+"""Image and mask I/O: grayscale, orientation, atomic writes."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lib.data.imageio import image_name, image_size, read_image, read_mask, write_png
+from lib.errors import DataError
+
+
+def test_png_reads_as_unit_float_grayscale_in_row_column_order(tmp_path):
+    array = np.zeros((3, 5), np.uint8)
+    array[0, 4] = 255  # top-right pixel: row 0 (y), column 4 (x)
+    Image.fromarray(array).save(tmp_path / "a.png")
+    image = read_image(tmp_path / "a.png")
+    assert image.shape == (3, 5) and image.dtype == np.float32
+    assert image[0, 4] == 1.0 and image.sum() == 1.0
+    assert image_size(tmp_path / "a.png") == (5, 3)
+
+
+def test_rgb_png_is_converted_with_luma_weights(tmp_path):
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[..., 1] = 255
+    Image.fromarray(rgb).save(tmp_path / "g.png")
+    assert read_image(tmp_path / "g.png") == pytest.approx(np.full((2, 2), 0.587), abs=1e-6)
+
+
+def test_unreadable_image_names_the_file(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="bad.png: not a readable image"):
+        read_image(tmp_path / "bad.png")
+
+
+def test_missing_image_names_the_file(tmp_path):
+    with pytest.raises(DataError, match="nope.png: image file not found"):
+        read_image(tmp_path / "nope.png")
+
+
+def test_mask_round_trip_keeps_an_asymmetric_shape(tmp_path):
+    mask = np.zeros((6, 9), bool)
+    mask[1:3, 5:8] = True
+    mask[4, 0] = True
+    write_png(tmp_path / "m.png", mask)
+    assert np.array_equal(read_mask(tmp_path / "m.png"), mask)
+    assert not list(tmp_path.glob(".*tmp*")), "no temporary file left behind"
+
+
+def test_image_name_strips_only_the_image_extension():
+    assert image_name("a/b/knee.01.png") == "knee.01"
+    assert image_name("x.DCM") == "x"
