@@ -1,0 +1,268 @@
+"""Training the recess detector on normal images only, with the habits of LoRIS training.
+
+- Only *normal* images with a box are trained on: a detector that saw distended
+  recesses would learn what the anomaly looks like and leak it into LoRIS.
+- Validation is patient-grouped (:func:`lib.data.splits.split_train_valid`) unless
+  ``valid_records`` is given; early stopping follows a validation metric
+  (``settings.monitor``, on the validation normal images) computed with
+  MONAI's COCO metric (:mod:`lib.detection.metrics`).
+- The best checkpoint (weights + settings) is written atomically at each
+  improvement; ``last.pt`` after every epoch makes training resumable.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lib.data.imageio import read_image
+from lib.data.records import Record, validate_box
+from lib.data.splits import split_train_valid
+from lib.detection.augment import BoxAugmenter
+from lib.detection.infer import RecessDetector
+from lib.detection.metrics import box_metrics
+from lib.detection.model_files import load_best, load_last, save_best, save_last, write_info
+from lib.detection.network import build_detector
+from lib.detection.settings import DetectorSettings
+from lib.errors import DataError, ModelError
+
+ARCHITECTURE_FIELDS = ("image_size", "base_channels", "blocks_per_stage", "fpn_channels", "anchor_size",
+                       "anchor_aspect_ratios")
+"""Settings that shape the network: a resumed run must keep them."""
+
+
+def _load_images(records: list[Record]) -> list[np.ndarray]:
+    images = []
+    for r in records:
+        image = read_image(r.image_path)
+        validate_box(r.box, image.shape[1], image.shape[0], f"{r.image_path} (image {r.image!r})")
+        images.append(image)
+    return images
+
+
+def _boxed_normals(records: list[Record]) -> list[Record]:
+    return [r for r in records if r.label == "normal" and r.box is not None]
+
+
+def _make_optimizer(settings: DetectorSettings, params) -> torch.optim.Optimizer:
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.learning_rate, momentum=0.9, weight_decay=settings.weight_decay,
+                               nesterov=True)
+    return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
+def _rank(metrics: dict, monitor: str) -> tuple[float, float]:
+    # The monitored metric counts only boxes above the score threshold; ties (e.g. all zero in the
+    # first epochs, before confidences pass the threshold) are broken by the IoU of the best box
+    # whatever its confidence, so early epochs still make progress visible.
+    return (metrics[monitor], metrics["_any_iou"])
+
+
+def _target(box, device) -> dict:
+    """A RetinaNetDetector training target: one "recess" box (class 0), or none for a negative image."""
+    boxes = torch.tensor([box] if box is not None else [], dtype=torch.float32, device=device).reshape(-1, 4)
+    return {"boxes": boxes, "labels": torch.zeros(len(boxes), dtype=torch.long, device=device)}
+
+
+def _validate(detector, settings: DetectorSettings, images: list[np.ndarray], records: list[Record], device) -> dict:
+    wrapped = RecessDetector(detector, settings, device)
+    predictions = wrapped.detect_batch(images, min_confidence=0.0)
+    truths = [r.box for r in records]
+    metrics = box_metrics(predictions, truths, settings.score_threshold)
+    metrics["_any_iou"] = box_metrics(predictions, truths, 0.0)["mean_iou"]
+    return metrics
+
+
+def train_detector(
+    records: list[Record],
+    out_dir: str | os.PathLike,
+    settings: DetectorSettings | None = None,
+    *,
+    valid_records: list[Record] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    device: str | torch.device | None = None,
+) -> dict:
+    """Train the RetinaNet recess detector and write its model directory.
+
+    Args:
+        records: the dataset (any labels; only normal images with a box are trained on). When
+            ``valid_records`` is None they are split by patient (``settings.valid_fraction``).
+        out_dir: model directory (see :mod:`lib.detection.model_files`); created if needed.
+        settings: :class:`DetectorSettings`; defaults when None.
+        valid_records: an explicit validation set (e.g. a cross-validation fold's); its normal boxed
+            images drive early stopping, and the final report also covers its distended ones.
+        resume: continue from ``out_dir/last.pt`` when it exists (same architecture settings required);
+            otherwise start from scratch.
+        progress: show a tqdm progress bar (one step per epoch).
+        should_stop: called between batches; returning True ends training after saving what is best so far.
+        on_epoch: called after every epoch with ``{"epoch", "loss", "cls_loss", "box_loss", "valid", "best_epoch",
+            "best", "seconds"}`` (``valid``: the validation metrics of that epoch).
+        device: torch device; CUDA when available if None.
+
+    Returns:
+        a summary: ``{"model_dir", "epochs_run", "best_epoch", "monitor", "best_value", "stopped" ("early_stopping" |
+        "max_epochs" | "should_stop"), "n_train", "n_valid", "valid_source" ("held-out patients" | "given" |
+        "training images (no held-out patients)"), "validation" (normal validation images, best model),
+        "validation_all" (all boxed validation images, normal and distended, best model), "seconds"}``.
+
+    Raises:
+        DataError: no normal image with a box to train on, or a box that leaves its image.
+        ModelError: ``resume`` with a ``last.pt`` of another architecture.
+    """
+    settings = settings or DetectorSettings()
+    started = time.time()
+    out_dir = Path(out_dir)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    if valid_records is None:
+        train_records, valid_records = split_train_valid(list(records), settings.valid_fraction, settings.seed)
+        valid_source = "held-out patients"
+    else:
+        train_records = list(records)
+        valid_source = "given"
+    train_set = _boxed_normals(train_records)
+    if not train_set:
+        n_normal = sum(r.label == "normal" for r in train_records)
+        raise DataError(
+            f"no normal image with a recess box to train the detector on ({len(train_records)} training records, "
+            f"{n_normal} normal, {sum(r.box is not None for r in train_records)} with a box)"
+        )
+    valid_all = [r for r in valid_records if r.box is not None]
+    valid_set = _boxed_normals(valid_all)
+    train_images = _load_images(train_set)
+    if valid_set:
+        valid_images = _load_images(valid_set)
+    else:
+        valid_set, valid_images, valid_source = train_set, train_images, "training images (no held-out patients)"
+
+    torch.manual_seed(settings.seed)
+    detector = build_detector(settings).to(device)
+    optimizer = _make_optimizer(settings, detector.network.parameters())
+    rng = np.random.default_rng(settings.seed)
+    augmenter = BoxAugmenter(settings, seed=settings.seed)
+    start_epoch, best_epoch, best_rank, bad_epochs, history = 0, None, None, 0, []
+    best_state, best_valid = None, None
+
+    last = load_last(out_dir) if resume else None
+    if last is not None:
+        saved = DetectorSettings.from_dict(last["settings"], where=f"{out_dir / 'last.pt'}: settings")
+        changed = [f for f in ARCHITECTURE_FIELDS if getattr(saved, f) != getattr(settings, f)]
+        if changed:
+            raise ModelError(
+                f"{out_dir}: cannot resume, the saved run has different {', '.join(changed)} "
+                f"({', '.join(f'{f}={getattr(saved, f)!r}' for f in changed)}); train without --resume or "
+                f"use the same settings"
+            )
+        detector.network.load_state_dict(last["network"])
+        optimizer.load_state_dict(last["optimizer"])
+        start_epoch, bad_epochs, history = last["epoch"] + 1, last["bad_epochs"], list(last["history"])
+        best_epoch = last["best_epoch"]
+        best_rank = tuple(last["best_rank"]) if last["best_rank"] is not None else None
+        rng.bit_generator.state = last["rng"]
+        torch.set_rng_state(last["torch_rng"])
+        augmenter = BoxAugmenter(settings, seed=settings.seed + start_epoch)
+        if best_epoch is not None:
+            best = load_best(out_dir)
+            best_state, best_valid = best["network"], best["validation"]
+
+    stopped = "max_epochs"
+    bar = tqdm(total=settings.max_epochs, initial=start_epoch, disable=not progress, desc="detector", unit="epoch")
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, settings.max_epochs):
+        if bad_epochs >= settings.patience:
+            stopped = "early_stopping"
+            break
+        tic = time.time()
+        detector.train()
+        order = rng.permutation(len(train_set))
+        sums, batches, interrupted = np.zeros(2), 0, False
+        for b in range(0, len(order), settings.batch_size):
+            if should_stop is not None and should_stop():
+                interrupted = True
+                break
+            views = [
+                (augmenter.negative(), None) if rng.random() < settings.negative_fraction
+                else augmenter(train_images[i], train_set[i].box)
+                for i in order[b : b + settings.batch_size]
+            ]
+            images = torch.stack([v[0] for v in views]).to(device)
+            targets = [_target(v[1], device) for v in views]
+            losses = detector(images, targets)
+            loss = losses[detector.cls_key] + losses[detector.box_reg_key]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums += [float(losses[detector.cls_key].detach()), float(losses[detector.box_reg_key].detach())]
+            batches += 1
+        if interrupted:
+            stopped = "should_stop"
+            break
+
+        metrics = _validate(detector, settings, valid_images, valid_set, device)
+        rank = _rank(metrics, settings.monitor)
+        valid = {k: v for k, v in metrics.items() if not k.startswith("_")}
+        if best_rank is None or rank > best_rank:
+            best_rank, best_epoch, bad_epochs = rank, epoch, 0
+            best_state = copy.deepcopy(detector.network.state_dict())
+            best_valid = valid
+            save_best(out_dir, settings=settings.to_dict(), network_state=best_state, epoch=epoch,
+                      monitor=settings.monitor, validation=valid)
+        else:
+            bad_epochs += 1
+        cls_loss, box_loss = (sums / max(batches, 1)).tolist()
+        record = {"epoch": epoch, "loss": cls_loss + box_loss, "cls_loss": cls_loss, "box_loss": box_loss,
+                  "valid": valid, "best_epoch": best_epoch, "best": best_valid[settings.monitor],
+                  "seconds": time.time() - tic}
+        history.append(record)
+        save_last(out_dir, {
+            "settings": settings.to_dict(), "network": detector.network.state_dict(),
+            "optimizer": optimizer.state_dict(), "epoch": epoch, "bad_epochs": bad_epochs, "best_epoch": best_epoch,
+            "best_rank": list(best_rank), "history": history, "rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        })
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", **{settings.monitor: f"{valid[settings.monitor]:.3f}"},
+                        best=f"{record['best']:.3f}@{best_epoch}")
+        if on_epoch is not None:
+            on_epoch(record)
+    else:
+        if bad_epochs >= settings.patience:
+            stopped = "early_stopping"
+    bar.close()
+
+    summary = {
+        "model_dir": str(out_dir),
+        "epochs_run": len(history),
+        "best_epoch": best_epoch,
+        "monitor": settings.monitor,
+        "best_value": best_valid[settings.monitor] if best_valid else None,
+        "stopped": stopped,
+        "n_train": len(train_set),
+        "n_valid": len(valid_set),
+        "valid_source": valid_source,
+        "validation": best_valid,
+        "validation_all": None,
+        "seconds": None,
+    }
+    if best_state is not None:
+        detector.network.load_state_dict(best_state)
+        if valid_all and valid_source != "training images (no held-out patients)":
+            others = [r for r in valid_all if r.label != "normal"]
+            images_all = valid_images + _load_images(others)
+            metrics = _validate(detector, settings, images_all, valid_set + others, device)
+            summary["validation_all"] = {k: v for k, v in metrics.items() if not k.startswith("_")}
+        summary["seconds"] = time.time() - started
+        write_info(out_dir, {"settings": settings.to_dict(), "epoch": best_epoch, "monitor": settings.monitor,
+                             "validation": best_valid, "training": summary})
+    summary["seconds"] = time.time() - started
+    return summary
