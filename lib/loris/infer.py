@@ -1,0 +1,277 @@
+"""LoRIS inference: a predictor loaded once, and the files of one run.
+
+:class:`LorisPredictor` keeps the network in memory. One forward pass gives
+the reconstruction; every requested metric's anomaly map, score and mask are
+computed from it (:meth:`LorisPredictor.predict_batch`). Scores are pooled on
+the network grid (as in calibration); maps, reconstructions and masks are
+returned in the original image geometry.
+
+:func:`run_inference` writes, for one image: ``reconstruction.png`` (8-bit,
+``[0, 1]``), ``anomaly_map.nrrd`` (float32, the image's pixel grid: x = column,
+y = row, origin 0, spacing 1), ``mask.png`` (0/255) and ``result.json``, each
+atomically, after everything has been computed (nothing is written on error).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from lib.data.atomic import atomic_path, write_json
+from lib.data.imageio import read_image, write_png
+from lib.data.records import Box, validate_box
+from lib.errors import DataError, NotTrainedError
+from lib.loris import preprocess
+from lib.loris.anomaly import METRICS, anomaly_maps, check_metric
+from lib.loris.model_files import load_model
+from lib.loris.network import build_network
+from lib.loris.postprocess import box_region, box_scores, segment
+from lib.loris.reconstruction import reconstruct
+from lib.loris.settings import LorisSettings
+from lib.errors import ModelError
+
+OUTPUT_FILES = {
+    "reconstruction": "reconstruction.png",
+    "anomaly_map": "anomaly_map.nrrd",
+    "mask": "mask.png",
+    "result": "result.json",
+}
+
+
+def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
+    """``"auto"``/None -> CUDA when available else CPU; otherwise ``torch.device(device)`` (checked)."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+@dataclass
+class Prediction:
+    """LoRIS output for one image and one metric, in the image's own geometry.
+
+    Attributes:
+        box: the recess box used (original pixels).
+        reconstruction: ``(H, W)`` float32 in ``[0, 1]``.
+        anomaly_map: ``(H, W)`` float32 (0 = normal).
+        score: the map pooled in the box (on the network grid).
+        distended: ``score >= threshold``.
+        mask: ``(H, W)`` bool segmentation.
+        threshold, pixel_threshold: the calibrated thresholds used.
+        metric: the anomaly-map metric.
+    """
+
+    box: Box
+    reconstruction: np.ndarray
+    anomaly_map: np.ndarray
+    score: float
+    distended: bool
+    mask: np.ndarray
+    threshold: float
+    pixel_threshold: float
+    metric: str
+
+    def to_json(self) -> dict:
+        """The scalar part as JSON-ready values (vocabulary of the REST API)."""
+        return {
+            "score": self.score,
+            "distended": self.distended,
+            "threshold": self.threshold,
+            "pixel_threshold": self.pixel_threshold,
+            "metric": self.metric,
+            "box": [int(v) for v in self.box],
+        }
+
+
+@dataclass
+class NetworkOutputs:
+    """One batch on the network grid.
+
+    Attributes:
+        x: ``(B, 1, S, S)`` input images in ``[-1, 1]`` (unmasked).
+        grid_boxes: ``(B, 4)`` boxes on the grid.
+        reconstruction: ``(B, 1, S, S)`` in ``[-1, 1]`` (RIAD: mean of the cell sizes' reconstructions).
+        maps: ``{metric: (B, 1, S, S)}`` anomaly maps (RIAD: mean over the cell sizes).
+        scores: ``{metric: (B,)}`` pooled in the box.
+    """
+
+    x: torch.Tensor
+    grid_boxes: torch.Tensor
+    reconstruction: torch.Tensor
+    maps: dict
+    scores: dict
+
+
+class LorisPredictor:
+    """A LoRIS model ready to predict: network in eval mode on ``device``, settings, calibration.
+
+    Args:
+        network: a :class:`~lib.loris.network.LorisNetwork` with trained weights.
+        settings: the model's settings.
+        calibration: ``{metric: {"threshold", "pixel_threshold", ...}}``, or None before calibration
+            (then only :meth:`network_outputs` and :meth:`score_batch` work).
+        device: where to run.
+    """
+
+    def __init__(self, network: torch.nn.Module, settings: LorisSettings, calibration: dict | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.device = resolve_device(device)
+        self.network = network.to(self.device).eval()
+        self.settings = settings
+        self.calibration = calibration
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> "LorisPredictor":
+        """Load ``model_dir`` once (raises ModelError / NotTrainedError, see :mod:`lib.loris.model_files`)."""
+        bundle = load_model(model_dir)
+        network = build_network(bundle.settings)
+        try:
+            network.load_state_dict(bundle.state_dict)
+        except RuntimeError as exc:
+            raise ModelError(f"{model_dir}: weights do not match the saved network settings ({exc})") from None
+        return cls(network, bundle.settings, bundle.calibration, device)
+
+    # --- thresholds -----------------------------------------------------------------------------------------
+    def thresholds(self, metric: str) -> tuple[float, float]:
+        """``(threshold, pixel_threshold)`` of ``metric``; NotTrainedError when the model is not calibrated."""
+        check_metric(metric)
+        entry = (self.calibration or {}).get(metric)
+        if not entry:
+            raise NotTrainedError(f"the model has no calibrated thresholds for metric {metric!r}")
+        return float(entry["threshold"]), float(entry["pixel_threshold"])
+
+    # --- network grid ---------------------------------------------------------------------------------------
+    def network_outputs(self, images: Sequence[np.ndarray], boxes: Sequence[Box], metrics=None) -> NetworkOutputs:
+        """One forward pass for a batch of images ``(H, W)`` in ``[0, 1]`` and their boxes (original pixels)."""
+        metrics = tuple(metrics or (self.settings.metric,))
+        x, grid_boxes = preprocess.batch(images, boxes, self.settings.image_size)
+        x, grid_boxes = x.to(self.device), grid_boxes.to(self.device)
+        generator = torch.Generator().manual_seed(self.settings.seed)  # RIAD masks: same result every call
+        with torch.inference_mode():
+            recons = reconstruct(self.network, x, grid_boxes, self.settings, generator=generator)
+            maps = None
+            for r in recons:
+                m = anomaly_maps(x, r, metrics)
+                maps = m if maps is None else {k: maps[k] + m[k] for k in metrics}
+            if len(recons) > 1:
+                maps = {k: v / len(recons) for k, v in maps.items()}
+            recon = recons[0] if len(recons) == 1 else torch.stack(recons).mean(dim=0)
+            scores = {k: box_scores(v, grid_boxes, self.settings.pooling) for k, v in maps.items()}
+        return NetworkOutputs(x, grid_boxes, recon, maps, scores)
+
+    def score_batch(self, images: Sequence[np.ndarray], boxes: Sequence[Box], metrics=None,
+                    batch_size: int = 16) -> dict[str, np.ndarray]:
+        """Image scores ``{metric: (N,)}`` of many images, ``batch_size`` per forward pass (active learning)."""
+        metrics = tuple(metrics or (self.settings.metric,))
+        out = {m: [] for m in metrics}
+        for i in range(0, len(images), batch_size):
+            res = self.network_outputs(images[i:i + batch_size], boxes[i:i + batch_size], metrics)
+            for m in metrics:
+                out[m].append(res.scores[m].float().cpu().numpy())
+        return {m: np.concatenate(v) if v else np.zeros(0, np.float32) for m, v in out.items()}
+
+    # --- original geometry ----------------------------------------------------------------------------------
+    def predict_batch(self, images: Sequence[np.ndarray], boxes: Sequence[Box], metrics=None,
+                      batch_size: int = 16) -> list[dict[str, Prediction]]:
+        """Predictions for many images, every requested metric from one forward pass per batch.
+
+        Args:
+            images: ``(H, W)`` float arrays in ``[0, 1]`` (sizes may differ).
+            boxes: one box per image, original pixels (validated).
+            metrics: metrics to return (default: the model's metric).
+
+        Returns:
+            one ``{metric: Prediction}`` per image.
+        """
+        metrics = tuple(check_metric(m) for m in (metrics or (self.settings.metric,)))
+        if len(images) != len(boxes):
+            raise DataError(f"{len(images)} images but {len(boxes)} boxes")
+        thresholds = {m: self.thresholds(m) for m in metrics}
+        checked = []
+        for i, (img, box) in enumerate(zip(images, boxes)):
+            img = np.asarray(img, dtype=np.float32)
+            if img.ndim != 2:
+                raise DataError(f"image {i}: expected a 2D (H, W) image, got shape {img.shape}")
+            checked.append(validate_box(box, img.shape[1], img.shape[0], f"image {i} box"))
+        results: list[dict[str, Prediction]] = []
+        for start in range(0, len(images), batch_size):
+            chunk = [np.asarray(im, dtype=np.float32) for im in images[start:start + batch_size]]
+            cboxes = checked[start:start + batch_size]
+            res = self.network_outputs(chunk, cboxes, metrics)
+            for j, (img, box) in enumerate(zip(chunk, cboxes)):
+                h, w = img.shape
+                recon = np.clip(preprocess.to_unit_range(preprocess.to_original(res.reconstruction[j], (w, h))), 0, 1)
+                region = box_region(box, h, w) if self.settings.segment_in_box else None
+                per_metric = {}
+                for m in metrics:
+                    thr, pthr = thresholds[m]
+                    amap = preprocess.to_original(res.maps[m][j], (w, h))
+                    score = float(res.scores[m][j])
+                    per_metric[m] = Prediction(
+                        box=box, reconstruction=recon, anomaly_map=amap, score=score, distended=bool(score >= thr),
+                        mask=segment(amap, pthr, region), threshold=thr, pixel_threshold=pthr, metric=m,
+                    )
+                results.append(per_metric)
+        return results
+
+    def predict(self, image: np.ndarray, box: Box, metric: str | None = None) -> Prediction:
+        """LoRIS on one image ``(H, W)`` in ``[0, 1]`` with its recess ``box`` (original pixels)."""
+        metric = metric or self.settings.metric
+        return self.predict_batch([image], [box], (metric,))[0][metric]
+
+
+def write_nrrd(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a float32 ``(H, W)`` map atomically as NRRD: x = column, y = row, origin 0, spacing 1."""
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.asarray(array, dtype=np.float32))
+    img.SetOrigin((0.0, 0.0))
+    img.SetSpacing((1.0, 1.0))
+    with atomic_path(path, suffix=".nrrd") as tmp:
+        sitk.WriteImage(img, str(tmp), useCompression=True)
+
+
+def write_outputs(prediction: Prediction, out_dir: str | os.PathLike, extra: dict | None = None) -> dict:
+    """Write a prediction's files into ``out_dir`` (each atomically); returns the ``result.json`` dict."""
+    out_dir = Path(out_dir)
+    result = {**prediction.to_json(), **(extra or {}), "files": dict(OUTPUT_FILES)}
+    result["mask_pixels"] = int(prediction.mask.sum())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_png(out_dir / OUTPUT_FILES["reconstruction"], prediction.reconstruction)
+    write_nrrd(out_dir / OUTPUT_FILES["anomaly_map"], prediction.anomaly_map)
+    write_png(out_dir / OUTPUT_FILES["mask"], prediction.mask)
+    write_json(out_dir / OUTPUT_FILES["result"], result)
+    return result
+
+
+def run_inference(model_dir: str | os.PathLike, image_path: str | os.PathLike, box: Box, out_dir: str | os.PathLike,
+                  metric: str | None = None, device: str | torch.device = "cpu",
+                  predictor: LorisPredictor | None = None, box_source: str = "request") -> dict:
+    """LoRIS on one image file; writes :data:`OUTPUT_FILES` into ``out_dir`` and returns the result dict.
+
+    Everything (model, image, box, prediction) is checked and computed before the first file is written.
+
+    Raises:
+        ModelError / NotTrainedError: bad model directory.
+        DataError: unreadable image, or a box outside the image, inverted or empty.
+    """
+    predictor = predictor or LorisPredictor.load(model_dir, device)
+    image = read_image(image_path)
+    h, w = image.shape
+    box = validate_box(box, w, h, f"{image_path}: box")
+    prediction = predictor.predict(image, box, metric)
+    extra = {
+        "image": str(image_path),
+        "image_size": [w, h],
+        "pooling": predictor.settings.pooling,
+        "box_source": box_source,
+        "model": str(model_dir),
+    }
+    return write_outputs(prediction, out_dir, extra)

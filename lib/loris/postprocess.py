@@ -1,0 +1,66 @@
+"""From anomaly maps to decisions: the image score pooled in the box, and the segmentation mask.
+
+- Score: ``mean`` (paper) or ``max`` (reference code) of the map over the box
+  pixels, batched on tensors.
+- Segmentation: ``map >= pixel_threshold`` (inside the box when
+  ``segment_in_box``), then morphological closing followed by opening with a
+  3x3 square (SciPy binary morphology, the image taken as lying on an infinite
+  background plane). Batched over a leading axis.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from lib.errors import DataError
+from lib.loris.masking import box_mask
+from lib.loris.settings import POOLINGS
+
+
+def box_scores(maps: torch.Tensor, grid_boxes: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """Image scores ``(B,)``: ``pooling`` of each map ``(B, 1, H, W)`` over its box ``(B, 4)`` (grid pixels)."""
+    if pooling not in POOLINGS:
+        raise DataError(f"unknown pooling {pooling!r}; valid poolings are {', '.join(POOLINGS)}")
+    inside = box_mask(grid_boxes.to(maps.device), maps.shape[-2], maps.shape[-1])
+    if pooling == "mean":
+        return (maps * inside).sum(dim=(1, 2, 3)) / inside.sum(dim=(1, 2, 3)).clamp(min=1)
+    return maps.masked_fill(~inside, float("-inf")).amax(dim=(1, 2, 3))
+
+
+def clean_mask(mask: np.ndarray) -> np.ndarray:
+    """Closing then opening with a 3x3 square; ``(H, W)`` or ``(B, H, W)`` bool -> same (each image on its own)."""
+    mask = np.asarray(mask, dtype=bool)
+    lead = mask.ndim - 2
+    structure = np.ones((1,) * lead + (3, 3), dtype=bool)
+    # Both operations as in an infinite background plane: closing on a zero-padded copy (so that
+    # its erosion does not eat pixels on the image edge), opening with a zero border.
+    padded = np.pad(mask, [(0, 0)] * lead + [(1, 1), (1, 1)])
+    closed = ndimage.binary_closing(padded, structure=structure)[..., 1:-1, 1:-1]
+    return ndimage.binary_opening(closed, structure=structure)
+
+
+def segment(anomaly_map: np.ndarray, pixel_threshold: float, region: np.ndarray | None = None) -> np.ndarray:
+    """Segmentation mask: ``anomaly_map >= pixel_threshold`` (within ``region``), closed then opened (3x3).
+
+    Args:
+        anomaly_map: ``(H, W)`` or ``(B, H, W)`` float map.
+        pixel_threshold: the calibrated pixel threshold.
+        region: optional bool array of the same shape; pixels outside are never foreground (the box).
+    """
+    binary = np.asarray(anomaly_map) >= pixel_threshold
+    if region is not None:
+        binary &= region
+    out = clean_mask(binary)
+    if region is not None:
+        out &= region
+    return out
+
+
+def box_region(box, height: int, width: int) -> np.ndarray:
+    """Bool ``(H, W)`` array, True inside ``box = (x_min, y_min, x_max, y_max)`` (max exclusive)."""
+    region = np.zeros((height, width), dtype=bool)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    region[y0:y1, x0:x1] = True
+    return region

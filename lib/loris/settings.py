@@ -1,0 +1,211 @@
+"""LoRIS settings: the one place where every default of the method lives.
+
+Defaults follow the paper (../shared/LORIS-NOTES.md): Adam, learning rate 1e-4,
+batch 4, up to 1000 epochs with early stopping patience 50 on the validation
+loss, 256 x 256 images in ``[-1, 1]``, MSGMSD map, mean pooling of the map in
+the box. Where the paper and the reference code disagree the choice is a
+setting (``pooling="max"`` is the reference code).
+
+Settings are parsed once into :class:`LorisSettings` (from CLI flags, a MONAI
+Label request or a model's ``model.json``); :meth:`LorisSettings.validate`
+raises a :class:`~lib.errors.DataError` that names the field and lists the
+valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+
+from lib.errors import DataError
+
+METRICS = ("msgmsd", "gmsd", "dd", "ssim", "l2")
+"""Anomaly-map metrics (see :mod:`lib.loris.anomaly`)."""
+
+POOLINGS = ("mean", "max")
+"""Image score = pooling of the anomaly map inside the box: ``mean`` (paper) or ``max`` (reference code)."""
+
+MODES = ("loris", "autoencoder", "riad")
+"""Network input: ``loris`` = the box filled with black (one mask, one pass); ``autoencoder`` = the
+unmasked image; ``riad`` = RIAD's disjoint random grid masks at several cell sizes, stitched."""
+
+NORMS = ("batch", "instance")
+
+
+@dataclass
+class LorisSettings:
+    """Everything that defines a LoRIS model and how it is trained.
+
+    Attributes:
+        image_size: side ``S`` of the square network grid; images are resized (not padded) to ``S x S``.
+        channels: UNet feature channels per level (MONAI ``UNet``); one more than ``strides``.
+        strides: UNet down-sampling strides; ``S`` must be divisible by their product.
+        num_res_units: residual units per UNet block (0 = plain Conv-Norm-Act blocks).
+        norm: normalization layer in the UNet (``batch`` as in the reference code).
+        dropout: UNet dropout probability.
+        mode: network input, one of :data:`MODES`.
+        riad_cell_sizes: RIAD grid cell sizes in pixels *at 256 px* (scaled with ``image_size``).
+        riad_masks: number of disjoint RIAD masks per cell size.
+        metric: default anomaly-map metric, one of :data:`METRICS`.
+        pooling: image score pooling inside the box, one of :data:`POOLINGS`.
+        segment_in_box: keep segmentation pixels inside the box only (the recess lives there;
+            the paper does not say; set False to segment the whole image).
+        max_epochs, patience: training length and early-stopping patience (epochs) on the validation loss.
+        batch_size, learning_rate: Adam mini-batch size and learning rate.
+        valid_fraction: share of patients put in validation when no validation set is given.
+        target_fpr: false-positive rate on normal validation images used by calibration when
+            validation holds no distended image (image threshold) or no mask (pixel threshold).
+        seed: seed of the split, the initialization, the shuffling and the augmentations.
+        augment: random box jitter and intensity gain during training.
+        box_jitter: largest box shift/resize, as a fraction of the box side.
+        gain: largest relative intensity gain change (``x * U(1-gain, 1+gain)`` in ``[0, 1]``).
+        msgms_c: the GMS stability constant ``c``.
+        msgms_scales: number of MSGMS scales (original + successive 2x2 average poolings).
+        ssim_win_size: SSIM Gaussian window size (loss and ``ssim`` map).
+    """
+
+    image_size: int = 256
+    channels: tuple[int, ...] = (32, 64, 128, 256, 512)
+    strides: tuple[int, ...] = (2, 2, 2, 2)
+    num_res_units: int = 1
+    norm: str = "batch"
+    dropout: float = 0.0
+    mode: str = "loris"
+    riad_cell_sizes: tuple[int, ...] = (2, 4, 8, 16)
+    riad_masks: int = 3
+    metric: str = "msgmsd"
+    pooling: str = "mean"
+    segment_in_box: bool = True
+    max_epochs: int = 1000
+    patience: int = 50
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    valid_fraction: float = 0.2
+    target_fpr: float = 0.05
+    seed: int = 0
+    augment: bool = True
+    box_jitter: float = 0.05
+    gain: float = 0.1
+    msgms_c: float = 0.0026
+    msgms_scales: int = 4
+    ssim_win_size: int = 11
+    extra: dict = field(default_factory=dict)
+    """Free-form notes carried with the model (e.g. the dataset it was trained on); not used by the method."""
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)
+        self.strides = tuple(int(s) for s in self.strides)
+        self.riad_cell_sizes = tuple(int(c) for c in self.riad_cell_sizes)
+        self.validate()
+
+    @classmethod
+    def quick(cls, **overrides) -> "LorisSettings":
+        """A CPU demo preset: 64 px, a small UNet, 30 epochs, patience 8, learning rate 1e-3.
+
+        Enough to separate the synthetic sample data in about a minute on two cores;
+        not the paper's configuration.
+        """
+        base = dict(
+            image_size=64,
+            channels=(16, 32, 64, 128),
+            strides=(2, 2, 2),
+            num_res_units=1,
+            max_epochs=30,
+            patience=8,
+            learning_rate=1e-3,
+            ssim_win_size=7,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+    def validate(self) -> "LorisSettings":
+        """Check every field; raise :class:`DataError` naming the field and the valid values."""
+
+        def choice(name, value, valid):
+            if value not in valid:
+                raise DataError(f"settings.{name}: unknown value {value!r}; valid values are {', '.join(valid)}")
+
+        def positive_int(name, value, minimum=1):
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise DataError(f"settings.{name}: must be an integer >= {minimum}, got {value!r}")
+
+        choice("metric", self.metric, METRICS)
+        choice("pooling", self.pooling, POOLINGS)
+        choice("mode", self.mode, MODES)
+        choice("norm", self.norm, NORMS)
+        positive_int("image_size", self.image_size, 8)
+        positive_int("num_res_units", self.num_res_units, 0)
+        positive_int("max_epochs", self.max_epochs)
+        positive_int("patience", self.patience)
+        positive_int("batch_size", self.batch_size)
+        positive_int("riad_masks", self.riad_masks, 2)
+        positive_int("msgms_scales", self.msgms_scales)
+        positive_int("ssim_win_size", self.ssim_win_size, 3)
+        if self.ssim_win_size % 2 == 0:
+            raise DataError(f"settings.ssim_win_size: must be odd, got {self.ssim_win_size}")
+        if len(self.channels) < 2 or len(self.strides) != len(self.channels) - 1:
+            raise DataError(
+                f"settings.channels/strides: need at least 2 channels and len(strides) == len(channels) - 1, "
+                f"got channels={list(self.channels)} strides={list(self.strides)}"
+            )
+        if any(c < 1 for c in self.channels) or any(s < 1 for s in self.strides):
+            raise DataError(f"settings.channels/strides: must be positive, got {list(self.channels)}, {list(self.strides)}")
+        factor = 1
+        for s in self.strides:
+            factor *= s
+        if self.image_size % factor:
+            raise DataError(f"settings.image_size: {self.image_size} is not divisible by the product of strides ({factor})")
+        if self.image_size % (2 ** (self.msgms_scales - 1)):
+            raise DataError(
+                f"settings.image_size: {self.image_size} is not divisible by 2^(msgms_scales-1) = {2 ** (self.msgms_scales - 1)}"
+            )
+        if not self.riad_cell_sizes or any(c < 1 for c in self.riad_cell_sizes):
+            raise DataError(f"settings.riad_cell_sizes: need positive sizes, got {list(self.riad_cell_sizes)}")
+        for name, lo, hi in (("dropout", 0.0, 1.0), ("valid_fraction", 0.0, 1.0), ("target_fpr", 0.0, 1.0)):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value < hi:
+                raise DataError(f"settings.{name}: must be a number in [{lo}, {hi}), got {value!r}")
+        for name in ("learning_rate", "msgms_c"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise DataError(f"settings.{name}: must be a positive number, got {value!r}")
+        for name in ("box_jitter", "gain"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 0.5:
+                raise DataError(f"settings.{name}: must be a number in [0, 0.5), got {value!r}")
+        if not isinstance(self.segment_in_box, bool) or not isinstance(self.augment, bool):
+            raise DataError("settings.segment_in_box / settings.augment: must be true or false")
+        if not isinstance(self.seed, int):
+            raise DataError(f"settings.seed: must be an integer, got {self.seed!r}")
+        return self
+
+    def riad_cells(self) -> tuple[int, ...]:
+        """RIAD cell sizes in pixels on this ``image_size`` (the 256 px sizes scaled, at least 1, unique)."""
+        scaled = [max(1, int(round(c * self.image_size / 256))) for c in self.riad_cell_sizes]
+        return tuple(dict.fromkeys(scaled))
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "settings") -> "LorisSettings":
+        """Build from a dict (``to_dict`` output or user input); unknown keys are an error listing the known ones."""
+        if not isinstance(data, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DataError(f"{where}: unknown setting(s) {', '.join(unknown)}; known settings are {', '.join(sorted(known))}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise DataError(f"{where}: {exc}") from None
+
+    def replace(self, **changes) -> "LorisSettings":
+        """A validated copy with some fields changed (``None`` values are ignored)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,304 @@
+"""LoRIS training: normal images only, early stopping on the validation loss, calibration, atomic save.
+
+Plain PyTorch (the loop is twenty lines; the method's parts are MONAI's UNet
+and SSIM loss and this package's preprocessing, masking and MSGMS):
+
+1. Records are split by patient (:func:`lib.data.splits.split_train_valid`)
+   unless ``valid_records`` is given. Only **normal** images with a box enter
+   the loss (train and validation); distended validation images are used for
+   calibration only.
+2. Images are preprocessed once (:mod:`lib.loris.preprocess`) and kept in memory.
+   Each epoch: shuffled mini-batches, augmentation (box jitter, intensity gain),
+   masked input -> reconstruction -> ``L = MSGMS + SSIM + L2`` -> Adam.
+3. Validation loss each epoch (no augmentation); the best weights are kept;
+   training stops after ``patience`` epochs without improvement, at
+   ``max_epochs``, or when ``should_stop()`` returns True.
+4. ``checkpoint_last.pt`` is written atomically after every epoch (``resume=True``
+   continues from it); at the end the best weights are calibrated on the
+   validation split for every metric (:mod:`lib.loris.calibration`) and saved
+   as ``model.pt`` (atomically: a previous model stays usable until then).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lib.data.imageio import read_image, read_mask
+from lib.data.records import Record, validate_box
+from lib.data.splits import split_train_valid
+from lib.errors import DataError, ModelError
+from lib.loris import preprocess
+from lib.loris.anomaly import METRICS
+from lib.loris.calibration import fit_calibration
+from lib.loris.infer import LorisPredictor, resolve_device
+from lib.loris.loss import LorisLoss
+from lib.loris.masking import box_mask
+from lib.loris.model_files import load_checkpoint, save_checkpoint, save_model
+from lib.loris.network import build_network
+from lib.loris.reconstruction import reconstruct
+from lib.loris.settings import LorisSettings
+
+NETWORK_FIELDS = ("image_size", "channels", "strides", "num_res_units", "norm", "dropout", "mode")
+"""Settings that define the network's weights: a resumed run must keep them."""
+
+LOSS_TERMS = ("loss", "msgms", "ssim", "l2")
+
+
+def usable(records: Sequence[Record]) -> list[Record]:
+    """Records that training and calibration can use: labelled and boxed."""
+    return [r for r in records if r.label in ("normal", "distended") and r.box is not None]
+
+
+def load_images(records: Sequence[Record]) -> list[np.ndarray]:
+    """Read every record's image (``(H, W)`` in ``[0, 1]``) and check its box against it."""
+    images = []
+    for r in records:
+        img = read_image(r.image_path)
+        validate_box(r.box, img.shape[1], img.shape[0], f"{r.image_path}: box")
+        images.append(img)
+    return images
+
+
+def augment(x: torch.Tensor, grid_boxes: torch.Tensor, settings: LorisSettings, generator: torch.Generator):
+    """Random intensity gain and box jitter for a batch (returns new tensors; the box stays non-empty).
+
+    Gain: the image in ``[0, 1]`` times ``U(1 - gain, 1 + gain)``, clipped. Jitter: each box edge moves by up
+    to ``box_jitter`` times the box side.
+    """
+    b, size = x.shape[0], x.shape[-1]
+    if settings.gain > 0:
+        g = 1.0 + (torch.rand(b, 1, 1, 1, generator=generator) * 2 - 1) * settings.gain
+        x = preprocess.to_network_range((preprocess.to_unit_range(x) * g.to(x.device)).clamp(0, 1))
+    if settings.box_jitter > 0:
+        boxes = grid_boxes.cpu().float()
+        side = torch.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, dim=1)
+        shift = (torch.rand(b, 4, generator=generator) * 2 - 1) * settings.box_jitter * side
+        boxes = (boxes + shift).round().long().clamp(0, size)
+        boxes[:, 2] = torch.maximum(boxes[:, 2], boxes[:, 0] + 1).clamp(max=size)
+        boxes[:, 3] = torch.maximum(boxes[:, 3], boxes[:, 1] + 1).clamp(max=size)
+        boxes[:, 0] = torch.minimum(boxes[:, 0], boxes[:, 2] - 1)
+        boxes[:, 1] = torch.minimum(boxes[:, 1], boxes[:, 3] - 1)
+        grid_boxes = boxes.to(grid_boxes.device)
+    return x, grid_boxes
+
+
+def _mean_terms(network, loss_fn, x, grid_boxes, settings, batch_size, generator=None) -> dict[str, float]:
+    sums = dict.fromkeys(LOSS_TERMS, 0.0)
+    network.eval()
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            xb, bb = x[i:i + batch_size], grid_boxes[i:i + batch_size]
+            recon = reconstruct(network, xb, bb, settings, generator=generator, training=True)[0]
+            for k, v in loss_fn(recon, xb).items():
+                sums[k] += float(v) * xb.shape[0]
+    return {k: v / max(x.shape[0], 1) for k, v in sums.items()}
+
+
+def calibrate(predictor: LorisPredictor, records: Sequence[Record], images: Sequence[np.ndarray],
+              metrics=METRICS, batch_size: int = 16) -> dict:
+    """Fit thresholds of every metric on labelled, boxed ``records`` (normal and distended) -> calibration dict."""
+    s = predictor.settings
+    size = s.image_size
+    scores = {m: [] for m in metrics}
+    maps = {m: [] for m in metrics}
+    regions = []
+    for i in range(0, len(records), batch_size):
+        out = predictor.network_outputs(images[i:i + batch_size], [r.box for r in records[i:i + batch_size]], metrics)
+        for m in metrics:
+            scores[m].append(out.scores[m].float().cpu().numpy())
+            maps[m].append(out.maps[m][:, 0].float().cpu().numpy())
+        if s.segment_in_box:
+            regions.append(box_mask(out.grid_boxes.cpu(), size, size)[:, 0].numpy())
+        else:
+            regions.append(np.ones((out.x.shape[0], size, size), dtype=bool))
+    distended = np.array([r.label == "distended" for r in records])
+    has_mask = np.array([r.label == "normal" or r.mask_path is not None for r in records])
+    masks = np.zeros((len(records), size, size), dtype=bool)
+    for i, r in enumerate(records):
+        if r.label == "distended" and r.mask_path is not None:
+            masks[i] = preprocess.mask_tensor(read_mask(r.mask_path), size)[0].numpy()
+    return fit_calibration(
+        {m: np.concatenate(v) for m, v in scores.items()},
+        {m: np.concatenate(v) for m, v in maps.items()},
+        distended, masks, np.concatenate(regions), has_mask, s.target_fpr,
+    )
+
+
+def train(records: Sequence[Record], out_dir: str | os.PathLike, settings: LorisSettings | None = None, *,
+          valid_records: Sequence[Record] | None = None, resume: bool = False, progress: bool = True,
+          should_stop: Callable[[], bool] | None = None, on_epoch: Callable[[dict], None] | None = None,
+          device: str | torch.device | None = None) -> dict:
+    """Train a LoRIS model on the normal images of ``records`` and save it, calibrated, in ``out_dir``.
+
+    Args:
+        records: the dataset (all labels; only normal boxed images enter the loss).
+        out_dir: the model directory (see :mod:`lib.loris.model_files`).
+        settings: defaults to ``LorisSettings()`` (the paper's).
+        valid_records: validation set; None = patient-grouped split of ``records`` (``valid_fraction``).
+        resume: continue from ``out_dir/checkpoint_last.pt`` when it exists (the split is kept).
+        progress: show a tqdm bar (losses, ETA).
+        should_stop: polled between mini-batches; True ends training (the best weights are still saved).
+        on_epoch: called after every epoch with the epoch's stats (see the summary's ``history``).
+        device: "cpu", "cuda", or None/"auto".
+
+    Returns:
+        summary dict: ``model_dir, epochs_run, best_epoch, best_valid_loss, stopped_early, cancelled, resumed,
+        n_train, n_valid, n_valid_distended, validation_source, seconds, calibration, history``.
+
+    Raises:
+        DataError: no normal boxed training image, unreadable image, bad box.
+        ModelError: ``resume`` with a checkpoint of a different network.
+    """
+    settings = settings or LorisSettings()
+    out_dir = Path(out_dir)
+    dev = resolve_device(device)
+    started = time.monotonic()
+
+    checkpoint = load_checkpoint(out_dir) if resume else None
+    records = list(records)
+    if checkpoint is not None:
+        old = LorisSettings.from_dict(checkpoint["settings"], where=f"{out_dir}: checkpoint settings")
+        changed = [f for f in NETWORK_FIELDS if getattr(old, f) != getattr(settings, f)]
+        if changed:
+            raise ModelError(f"{out_dir}: cannot resume, the checkpoint's network differs in {', '.join(changed)}; "
+                             "train without --resume or with the same settings")
+    if valid_records is None:
+        if checkpoint is not None and checkpoint.get("valid_images") is not None:
+            names = set(checkpoint["valid_images"])
+            train_records = [r for r in records if r.image not in names]
+            valid_records = [r for r in records if r.image in names]
+        else:
+            train_records, valid_records = split_train_valid(records, settings.valid_fraction, settings.seed)
+    else:
+        train_records = records
+    train_records = [r for r in usable(train_records) if r.is_normal]
+    valid_records = usable(valid_records)
+    valid_normal = [r for r in valid_records if r.is_normal]
+    if not train_records:
+        raise DataError("no normal image with a box to train on (LoRIS learns from normal images only)")
+    validation_source = "valid"
+    if not valid_normal:
+        # One patient, or a validation set without normal images: early-stop and calibrate on training images.
+        validation_source = "train"
+        valid_normal = train_records
+        valid_records = train_records + [r for r in valid_records if not r.is_normal]
+
+    train_images = load_images(train_records)
+    valid_images_all = load_images(valid_records)
+    normal_idx = [i for i, r in enumerate(valid_records) if r.is_normal]
+    x_train, b_train = preprocess.batch(train_images, [r.box for r in train_records], settings.image_size)
+    x_valid, b_valid = preprocess.batch([valid_images_all[i] for i in normal_idx],
+                                        [valid_records[i].box for i in normal_idx], settings.image_size)
+    x_train, b_train, x_valid, b_valid = (t.to(dev) for t in (x_train, b_train, x_valid, b_valid))
+
+    torch.manual_seed(settings.seed)
+    network = build_network(settings).to(dev)
+    optimizer = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
+    loss_fn = LorisLoss(settings.ssim_win_size, settings.msgms_scales, settings.msgms_c).to(dev)
+    generator = torch.Generator().manual_seed(settings.seed)
+
+    epoch, best_loss, best_epoch, bad_epochs, history, best_state = 0, math.inf, 0, 0, [], None
+    if checkpoint is not None:
+        network.load_state_dict(checkpoint["network"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        for group in optimizer.param_groups:
+            group["lr"] = settings.learning_rate
+        epoch, best_loss, best_epoch = checkpoint["epoch"], checkpoint["best_loss"], checkpoint["best_epoch"]
+        bad_epochs, history, best_state = checkpoint["bad_epochs"], list(checkpoint["history"]), checkpoint["best_state"]
+        generator.manual_seed(settings.seed + epoch)
+
+    n = x_train.shape[0]
+    bs = settings.batch_size
+    cancelled = stopped_early = False
+    bar = tqdm(total=settings.max_epochs, initial=epoch, disable=not progress, desc="LoRIS train", unit="epoch",
+               dynamic_ncols=True)
+    try:
+        while epoch < settings.max_epochs and bad_epochs < settings.patience and not cancelled:
+            t0 = time.monotonic()
+            network.train()
+            order = torch.randperm(n, generator=generator)
+            if n > 1 and n % bs == 1:
+                order = order[:-1]  # a batch of one breaks BatchNorm
+            sums = dict.fromkeys(LOSS_TERMS, 0.0)
+            seen = 0
+            for i in range(0, len(order), bs):
+                if should_stop is not None and should_stop():
+                    cancelled = True
+                    break
+                idx = order[i:i + bs].to(dev)
+                xb, bb = x_train[idx], b_train[idx]
+                if settings.augment:
+                    xb, bb = augment(xb, bb, settings, generator)
+                recon = reconstruct(network, xb, bb, settings, generator=generator, training=True)[0]
+                terms = loss_fn(recon, xb)
+                optimizer.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                optimizer.step()
+                for k, v in terms.items():
+                    sums[k] += float(v.detach()) * xb.shape[0]
+                seen += xb.shape[0]
+            if cancelled and seen == 0:
+                break
+            epoch += 1
+            valid = _mean_terms(network, loss_fn, x_valid, b_valid, settings, max(bs, 16),
+                                torch.Generator().manual_seed(settings.seed + 1))
+            if valid["loss"] < best_loss:
+                best_loss, best_epoch, bad_epochs = valid["loss"], epoch, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+            else:
+                bad_epochs += 1
+            stats = {"epoch": epoch, "max_epochs": settings.max_epochs,
+                     **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
+                     **{f"valid_{k}": v for k, v in valid.items()},
+                     "best_valid_loss": best_loss, "best_epoch": best_epoch, "seconds": time.monotonic() - t0}
+            history.append(stats)
+            save_checkpoint(out_dir, {
+                "settings": settings.to_dict(), "epoch": epoch, "network": network.state_dict(),
+                "optimizer": optimizer.state_dict(), "best_loss": best_loss, "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs, "best_state": best_state, "history": history,
+                "valid_images": [r.image for r in valid_records] if validation_source == "valid" else None,
+            })
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['train_loss']:.4f}", msgms=f"{stats['train_msgms']:.3f}",
+                            ssim=f"{stats['train_ssim']:.3f}", l2=f"{stats['train_l2']:.4f}",
+                            valid=f"{valid['loss']:.4f}", best=best_epoch)
+            if on_epoch is not None:
+                on_epoch(dict(stats))
+        stopped_early = bad_epochs >= settings.patience
+    finally:
+        bar.close()
+
+    if best_state is None:
+        raise DataError("training was stopped before the first epoch ended; no model saved")
+    network.load_state_dict(best_state)
+    predictor = LorisPredictor(network, settings, None, dev)
+    calibration = calibrate(predictor, valid_records, valid_images_all)
+    summary = {
+        "model_dir": str(out_dir),
+        "epochs_run": epoch,
+        "best_epoch": best_epoch,
+        "best_valid_loss": best_loss,
+        "stopped_early": stopped_early,
+        "cancelled": cancelled,
+        "resumed": checkpoint is not None,
+        "n_train": len(train_records),
+        "n_valid": len(valid_normal),
+        "n_valid_distended": sum(r.label == "distended" for r in valid_records),
+        "validation_source": validation_source,
+        "seconds": time.monotonic() - started,
+        "device": str(dev),
+    }
+    training_info = dict(summary, train_images=[r.image for r in train_records],
+                         valid_images=[r.image for r in valid_records])
+    save_model(out_dir, settings, best_state, calibration, training_info)
+    summary["calibration"] = calibration
+    summary["history"] = history
+    return summary
