@@ -1,0 +1,120 @@
+"""``loris_scoring``: score every unlabelled image with the current LoRIS model, for active learning.
+
+MONAI Label runs scoring methods in a background process (at start, after a
+training and after each active-learning request, unless
+``MONAI_LABEL_AUTO_UPDATE_SCORING=false``; ``POST /scoring/loris_scoring`` runs it
+on demand). For each unlabelled image whose stored score is not from the current
+model, the box is the one stored in the image info (an imported box), else the
+recess detector's; images get scored ``batch_size`` at a time with one forward
+pass per batch (:meth:`LorisPredictor.score_batch`), and each batch is written
+to the datastore in one locked update.
+
+Stored in the image info under ``"loris"``::
+
+    {"score": float, "threshold": float, "distended": bool, "metric": str,
+     "box": [x0, y0, x1, y1], "box_source": "image_info" | "detector",
+     "model_version": str, "ts": unix time}
+
+Images without a stored box and without a detector box are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.utils.others.generic import name_to_device
+
+from lib.data.imageio import read_image
+from lib.data.records import validate_box
+from lib.errors import LorisError, ModelError
+from lib.infers.loris import predictor_cache
+from lib.infers.recess_detection import detector_cache
+
+logger = logging.getLogger(__name__)
+
+INFO_KEY = "loris"
+
+
+class LorisScoring(ScoringMethod):
+    """Score unlabelled images (see the module docstring)."""
+
+    def __init__(self, model_dir: Path, detector_dir: Path, batch_size: int = 8):
+        super().__init__("LoRIS anomaly score of every unlabelled image (box from image info or detector)")
+        self.model_dir = Path(model_dir)
+        self.detector_dir = Path(detector_dir)
+        self.batch_size = batch_size
+
+    def info(self):
+        return {"description": self.description, "config": {"batch_size": self.batch_size}}
+
+    def __call__(self, request, datastore: Datastore):
+        started = time.time()
+        predictors = predictor_cache(self.model_dir)
+        version = predictors.version()
+        if version is None:
+            logger.info("loris_scoring: no LoRIS model yet; nothing scored")
+            return {"scored": 0, "skipped": 0, "reason": "loris is not trained yet"}
+        todo = [
+            image_id for image_id in sorted(datastore.get_unlabeled_images())
+            if datastore.get_image_info(image_id).get(INFO_KEY, {}).get("model_version") != version
+        ]
+        if not todo:
+            return {"scored": 0, "skipped": 0, "model_version": version}
+        device = name_to_device(request.get("device"))
+        try:
+            predictor = predictors.get(device)
+        except ModelError as exc:
+            logger.warning(f"loris_scoring: {exc}")
+            return {"scored": 0, "skipped": len(todo), "reason": str(exc)}
+        metric = predictor.settings.metric
+        threshold, _ = predictor.thresholds(metric)
+        try:
+            detector = detector_cache(self.detector_dir).get(device)
+        except ModelError:
+            detector = None
+
+        batch_size = max(1, int(request.get("batch_size", self.batch_size)))
+        scored = skipped = 0
+        for start in range(0, len(todo), batch_size):
+            ids, images, boxes, sources = [], [], [], []
+            for image_id in todo[start:start + batch_size]:
+                info = datastore.get_image_info(image_id)
+                try:
+                    image = read_image(datastore.get_image_uri(image_id))
+                    box, source = info.get("box"), "image_info"
+                    if box is not None:
+                        box = validate_box(box, image.shape[1], image.shape[0], f"image {image_id!r} info box")
+                    elif detector is not None:
+                        found = detector.detect(image)
+                        box, source = (found.box, "detector") if found is not None else (None, None)
+                except LorisError as exc:
+                    logger.warning(f"loris_scoring: skipping {image_id}: {exc}")
+                    box = None
+                if box is None:
+                    skipped += 1
+                    continue
+                ids.append(image_id)
+                images.append(image)
+                boxes.append(tuple(box))
+                sources.append(source)
+            if not ids:
+                continue
+            scores = predictor.score_batch(images, boxes, (metric,), batch_size=batch_size)[metric]
+            now = int(time.time())
+            infos = {
+                image_id: {INFO_KEY: {
+                    "score": float(score), "threshold": threshold, "distended": bool(score >= threshold),
+                    "metric": metric, "box": [int(v) for v in box], "box_source": source,
+                    "model_version": version, "ts": now,
+                }}
+                for image_id, score, box, source in zip(ids, scores, boxes, sources)
+            }
+            scored += datastore.update_image_infos(infos)
+        summary = {"scored": scored, "skipped": skipped, "model_version": version,
+                   "seconds": round(time.time() - started, 2)}
+        logger.info(f"loris_scoring: {summary}")
+        return summary

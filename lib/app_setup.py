@@ -1,0 +1,126 @@
+"""First-run setup of the MONAI Label app: a sample datastore and both models, trained with the quick preset.
+
+``python -m lib.app_setup [--datastore DIR] [--models DIR]`` (what ``make run`` calls
+before ``monailabel start_server``):
+
+1. if ``DIR`` holds no datastore yet, generate synthetic knee-ultrasound frames
+   (:mod:`lib.data.synthetic`) and import them (:func:`lib.data.datastore.write_datastore`);
+   about a third of the patients are left unlabelled (no class, no box) so that
+   active learning has something to serve;
+2. if a model directory has no ``model.pt``, train it from the datastore with the
+   quick CPU preset through the app's own trainers (same code as ``POST /train``),
+   showing progress.
+
+Later runs find everything in place and return in seconds. Each step is atomic:
+an interrupted first run leaves nothing half-written and the next run redoes
+only what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+DEFAULT_DATASTORE = Path("data/datastore")
+DEFAULT_MODELS = Path("monailabel_app/model")
+SAMPLE_PATIENTS = 24
+SAMPLE_IMAGE_SIZE = (320, 240)
+UNLABELLED_EVERY = 3
+"""Every third patient's frames are imported unlabelled."""
+
+
+def make_sample_datastore(datastore: Path, *, patients: int = SAMPLE_PATIENTS,
+                          image_size: tuple[int, int] = SAMPLE_IMAGE_SIZE, seed: int = 0,
+                          unlabelled_every: int = UNLABELLED_EVERY) -> list:
+    """Generate synthetic frames and import them as a MONAI Label datastore at ``datastore``.
+
+    Patients ``unlabelled_every - 1, 2 * unlabelled_every - 1, ...`` (0-based) are imported
+    without class or box. Returns the records read back from the datastore.
+    """
+    from lib.data.datastore import write_datastore
+    from lib.data.synthetic import write_sample_data
+
+    with tempfile.TemporaryDirectory(prefix="loris-sample-") as tmp:
+        records = write_sample_data(Path(tmp) / "flat", patients=patients, seed=seed, image_size=image_size)
+        patient_ids = sorted({r.patient_id for r in records})
+        hidden = {p for i, p in enumerate(patient_ids) if unlabelled_every and i % unlabelled_every == unlabelled_every - 1}
+        records = [replace(r, label=None, box=None, mask_path=None) if r.patient_id in hidden else r for r in records]
+        return write_datastore(records, datastore, mode="create", description="LoRIS synthetic sample data")
+
+
+def is_trained(model_dir: Path) -> bool:
+    return (Path(model_dir) / "model.pt").is_file()
+
+
+def train_missing(datastore: Path, models_dir: Path, *, request: dict | None = None, loris_settings=None,
+                  detector_settings=None, device: str = "cpu") -> list[str]:
+    """Train each model whose directory under ``models_dir`` has no ``model.pt``, from ``datastore``.
+
+    Args:
+        request: ``/train`` params for both trainers (default: the quick preset).
+        loris_settings, detector_settings: explicit settings instead of ``request`` (tests use tiny networks).
+
+    Returns:
+        the names of the models trained.
+    """
+    from lib.data.datastore import read_datastore
+    from lib.datastore import IMAGE_PATTERNS
+    from lib.trainers.loris import LorisTrainer
+    from lib.trainers.recess_detection import RecessDetectionTrainer
+
+    records = [r for r in read_datastore(datastore, list(IMAGE_PATTERNS)) if r.label is not None]
+    trained = []
+    for name, trainer, settings in (
+        ("recess_detection", RecessDetectionTrainer(Path(models_dir) / "recess_detection"), detector_settings),
+        ("loris", LorisTrainer(Path(models_dir) / "loris"), loris_settings),
+    ):
+        if is_trained(trainer.target):
+            continue
+        print(f"training {name} on {len(records)} labelled images ...", flush=True)
+        started = time.time()
+        if settings is not None:
+            trainer.settings_for = lambda _request, s=settings: s
+        trainer.train(0, 1, {"quick": True, **(request or {}), "device": device, "run_id": "setup"}, records)
+        print(f"{name} trained in {time.time() - started:.0f} s -> {trainer.target}", flush=True)
+        trained.append(name)
+    return trained
+
+
+def setup(datastore: Path = DEFAULT_DATASTORE, models_dir: Path = DEFAULT_MODELS, device: str = "cpu") -> None:
+    """Make sure the sample datastore and both models exist (see the module docstring)."""
+    from lib.data.datastore import is_datastore
+
+    datastore, models_dir = Path(datastore), Path(models_dir)
+    if not is_datastore(datastore):
+        print(f"generating the sample datastore in {datastore} ...", flush=True)
+        records = make_sample_datastore(datastore)
+        print(f"{len(records)} images ({sum(r.label is not None for r in records)} labelled)", flush=True)
+    trained = train_missing(datastore, models_dir, device=device)
+    if not trained:
+        print(f"sample datastore {datastore} and models in {models_dir} are ready", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lib.app_setup", description=__doc__.splitlines()[0])
+    parser.add_argument("--datastore", type=Path, default=DEFAULT_DATASTORE, help="datastore folder (--studies)")
+    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="models folder (--conf models_dir)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from lib.errors import LorisError
+
+    try:
+        setup(args.datastore, args.models, args.device)
+    except LorisError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

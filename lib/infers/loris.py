@@ -1,0 +1,149 @@
+"""The ``loris`` and ``loris_anomaly_map`` infer tasks: a thin MONAI Label wrapper over :class:`LorisPredictor`.
+
+``POST /infer/loris?image=<id>`` with form field ``params`` = JSON:
+
+* ``box`` ``[x_min, y_min, x_max, y_max]`` (pixels, max exclusive) or its synonym
+  ``roi`` (see :mod:`lib.infers.params`); without either, ``recess_detection``
+  proposes the box (the fully automatic pipeline). No box and no trained
+  detector: HTTP 409 with a message.
+* ``metric`` (optional): one of the calibrated anomaly-map metrics; empty = the model's.
+
+Answer (multipart: ``params`` JSON + the label file):
+
+* ``loris``: the segmentation, a PNG ``uint8`` 0/1 of the image's ``H x W``;
+* ``loris_anomaly_map``: the float32 anomaly map of the image's ``H x W`` as NRRD
+  (written with SimpleITK from the ``(H, W)`` array: x = column, y = row, origin 0,
+  spacing 1, identity direction; the same pixel grid as the PNG image).
+
+and the JSON params of both: ``score``, ``distended`` (the decision), ``threshold``,
+``pixel_threshold``, ``metric``, ``box`` (the box used), ``box_source``
+(``"request"`` | ``"detector"``), ``detector_confidence`` (None for a requested box),
+``image_size`` ``[W, H]``, ``model_version``.
+
+A model that is not trained yet is still listed in ``/info`` (MONAI Label hides
+infer tasks whose ``is_valid()`` is False) and answers 409 "not trained yet".
+The model is loaded once and reloaded when its directory changes (retraining).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Sequence
+
+import numpy as np
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.utils.others.generic import name_to_device
+
+from lib.data.imageio import write_png
+from lib.errors import DataError, ModelError
+from lib.infers.http_errors import CONFLICT, client_error, user_errors
+from lib.infers.model_cache import ModelCache
+from lib.infers.params import request_box, request_image
+from lib.infers.recess_detection import detector_cache
+from lib.loris.infer import LorisPredictor, write_nrrd
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = ("segmentation", "anomaly_map")
+
+
+def _load_predictor(model_dir: Path, device: str):
+    return LorisPredictor.load(model_dir, device=device)
+
+
+def predictor_cache(model_dir: Path) -> ModelCache:
+    """The shared loaded :class:`LorisPredictor` of ``model_dir`` (infer tasks and scoring use the same)."""
+    return ModelCache.for_dir(model_dir, _load_predictor, "loris")
+
+
+class LorisInfer(BasicInferTask):
+    """LoRIS inference on one image: segmentation (``output="segmentation"``) or anomaly map."""
+
+    def __init__(self, model_dir: Path, detector_dir: Path, datastore_root: Path, output: str = "segmentation",
+                 description: str = "LoRIS: anomaly score, decision and segmentation of the recess box"):
+        if output not in OUTPUTS:
+            raise DataError(f"LorisInfer output {output!r}; valid outputs are {', '.join(OUTPUTS)}")
+        super().__init__(
+            path=str(Path(model_dir) / "model.pt"),
+            network=None,
+            type=InferType.SEGMENTATION if output == "segmentation" else InferType.OTHERS,
+            labels={"distended": 1},
+            dimension=2,
+            description=description,
+            config={"box": [], "metric": ""},
+        )
+        self.output = output
+        self.model_dir = Path(model_dir)
+        self.datastore_root = Path(datastore_root)
+        self._predictor = predictor_cache(self.model_dir)
+        self._detector = detector_cache(Path(detector_dir))
+
+    def is_valid(self) -> bool:
+        return True  # listed even before training: infer then answers "not trained yet"
+
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        return [self._read]
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return []
+
+    def _read(self, data: Dict[str, Any]) -> Dict[str, Any]:
+        image = request_image(data.get("image"), self.datastore_root, "loris")
+        data["image"] = image
+        height, width = image.shape
+        with user_errors("loris"):
+            data["box"] = request_box(data, width, height)
+            metric = data.get("metric")
+            data["metric"] = (metric[0] if metric else None) if isinstance(metric, list) else (metric or None)
+        return data
+
+    def run_inferer(self, data: Dict[str, Any], convert_to_batch=True, device="cuda"):
+        device = name_to_device(device)
+        image = data["image"]
+        with user_errors("loris"):
+            predictor = self._predictor.get(device)
+            box, source, confidence = data["box"], "request", None
+            if box is None:
+                try:
+                    detector = self._detector.get(device)
+                except ModelError as exc:  # includes NotTrainedError
+                    raise client_error(
+                        CONFLICT,
+                        f"loris: no box given and the recess detector is not available ({exc}); "
+                        "send params {\"box\": [x_min, y_min, x_max, y_max]} or train recess_detection",
+                    ) from None
+                found = detector.detect(image)
+                if found is None:
+                    raise client_error(
+                        CONFLICT, "loris: no box given and the recess detector found no recess in this image; "
+                        "send params {\"box\": [x_min, y_min, x_max, y_max]}"
+                    )
+                box, source, confidence = list(found.box), "detector", float(found.confidence)
+            prediction = predictor.predict(image, tuple(box), metric=data["metric"])
+        data["prediction"] = prediction
+        data["result"] = {
+            "score": float(prediction.score),
+            "distended": bool(prediction.distended),
+            "threshold": float(prediction.threshold),
+            "pixel_threshold": float(prediction.pixel_threshold),
+            "metric": prediction.metric,
+            "box": [int(v) for v in prediction.box],
+            "box_source": source,
+            "detector_confidence": confidence,
+            "image_size": [int(image.shape[1]), int(image.shape[0])],
+            "model_version": self._predictor.version(),
+        }
+        return data
+
+    def writer(self, data: Dict[str, Any], extension=None, dtype=None):
+        prediction = data["prediction"]
+        if self.output == "segmentation":
+            path = tempfile.NamedTemporaryFile(suffix=".png", delete=False).name
+            write_png(path, np.asarray(prediction.mask, dtype=bool).astype(np.uint8))
+        else:
+            path = tempfile.NamedTemporaryFile(suffix=".nrrd", delete=False).name
+            write_nrrd(path, np.asarray(prediction.anomaly_map, dtype=np.float32))
+        return path, dict(data["result"])

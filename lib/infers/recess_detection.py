@@ -1,0 +1,93 @@
+"""The ``recess_detection`` infer task: a thin MONAI Label wrapper over :class:`RecessDetector`.
+
+``POST /infer/recess_detection?image=<id>`` (no params needed) answers with
+
+* the label file: the box as a binary PNG mask (``uint8`` 0/1, the image's ``H x W``;
+  all zero when nothing is found), so generic clients can show it;
+* JSON params: ``found`` (bool), ``box`` ``[x_min, y_min, x_max, y_max]`` in pixels of
+  the image, max exclusive, or None; ``confidence`` in [0, 1] or None; ``image_size``
+  ``[W, H]``; ``model_version``.
+
+Listed in ``/info`` before training; infer then answers 409 "not trained yet".
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Sequence
+
+import numpy as np
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.utils.others.generic import name_to_device
+
+from lib.data.imageio import write_png
+from lib.infers.http_errors import user_errors
+from lib.infers.model_cache import ModelCache
+from lib.infers.params import request_image
+
+
+def _load_detector(model_dir: Path, device: str):
+    from lib.detection.infer import RecessDetector
+
+    return RecessDetector.load(model_dir, device=device)
+
+
+def detector_cache(model_dir: Path) -> ModelCache:
+    """The shared loaded :class:`RecessDetector` of ``model_dir`` (both infer tasks and scoring use it)."""
+    return ModelCache.for_dir(model_dir, _load_detector, "recess_detection")
+
+
+class RecessDetectionInfer(BasicInferTask):
+    """Propose the recess box of one image."""
+
+    def __init__(self, model_dir: Path, datastore_root: Path,
+                 description: str = "Recess detector: the box around the suprapatellar recess"):
+        super().__init__(
+            path=str(Path(model_dir) / "model.pt"),
+            network=None,
+            type=InferType.SEGMENTATION,  # so generic clients show the box mask as a label
+            labels={"recess": 1},
+            dimension=2,
+            description=description,
+        )
+        self.model_dir = Path(model_dir)
+        self.datastore_root = Path(datastore_root)
+        self._detector = detector_cache(self.model_dir)
+
+    def is_valid(self) -> bool:
+        return True  # listed even before training: infer then answers "not trained yet"
+
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        return [self._read]
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return []
+
+    def _read(self, data: Dict[str, Any]) -> Dict[str, Any]:
+        data["image"] = request_image(data.get("image"), self.datastore_root, "recess_detection")
+        return data
+
+    def run_inferer(self, data: Dict[str, Any], convert_to_batch=True, device="cuda"):
+        image = data["image"]
+        with user_errors("recess_detection"):
+            found = self._detector.get(name_to_device(device)).detect(image)
+        mask = np.zeros(image.shape, dtype=np.uint8)
+        if found is not None:
+            x0, y0, x1, y1 = found.box
+            mask[y0:y1, x0:x1] = 1
+        data["mask"] = mask
+        data["result"] = {
+            "found": found is not None,
+            "box": [int(v) for v in found.box] if found is not None else None,
+            "confidence": float(found.confidence) if found is not None else None,
+            "image_size": [int(image.shape[1]), int(image.shape[0])],
+            "model_version": self._detector.version(),
+        }
+        return data
+
+    def writer(self, data: Dict[str, Any], extension=None, dtype=None):
+        path = tempfile.NamedTemporaryFile(suffix=".png", delete=False).name
+        write_png(path, data["mask"])
+        return path, dict(data["result"])

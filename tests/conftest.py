@@ -1,0 +1,154 @@
+"""Shared fixtures: a real MONAI Label server on a tiny generated datastore with tiny trained models.
+
+``server`` (session scope) generates ~18 synthetic 96 x 64 frames of 4 patients
+(one patient left unlabelled), trains a tiny detector and a tiny LoRIS model
+(1 epoch, small networks) into a temporary models folder, and starts
+``monailabel start_server --app monailabel_app --studies DATASTORE --conf models_dir MODELS``
+on a free port bound to 127.0.0.1. Automatic scoring is off
+(``MONAI_LABEL_AUTO_UPDATE_SCORING=false``) so tests decide when scoring runs.
+Tests that use it are marked ``@pytest.mark.server``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+APP_DIR = REPO / "monailabel_app"
+STARTUP_TIMEOUT_S = 120
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "server: starts a real MONAI Label server subprocess (the `server` fixture)")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    """A running ``monailabel start_server`` subprocess.
+
+    Attributes:
+        url: ``http://127.0.0.1:<port>``.
+        datastore: the datastore folder (``--studies``).
+        models_dir: where the models live (``--conf models_dir``).
+        app_dir: the app folder (``monailabel_app`` of this repository).
+        sample_image_id: a labelled normal image of the datastore.
+        unlabelled_ids: the images imported without label.
+    """
+
+    url: str
+    datastore: Path
+    models_dir: Path
+    app_dir: Path
+    log_path: Path
+    sample_image_id: str = ""
+    unlabelled_ids: list = field(default_factory=list)
+    process: subprocess.Popen | None = None
+    env: dict = field(default_factory=dict)
+
+    def start(self) -> None:
+        port = int(self.url.rsplit(":", 1)[1])
+        cmd = [
+            sys.executable, "-m", "monailabel.main", "start_server",
+            "--app", str(self.app_dir), "--studies", str(self.datastore),
+            "--conf", "models_dir", str(self.models_dir),
+            "--conf", "max_upload_bytes", "2000000",
+            "--conf", "max_image_pixels", "1000000",
+            "--host", "127.0.0.1", "--port", str(port),
+        ]
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(cmd, cwd=self.log_path.parent, env=self.env, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        import requests
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}; log:\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"server not ready after {timeout} s; log:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)  # the server and its train/scoring children
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        """Stop the server and start it again on the same port, datastore and models."""
+        self.stop()
+        self.start()
+
+
+def _tiny_settings():
+    from lib.detection.settings import DetectorSettings
+    from lib.loris.settings import LorisSettings
+
+    loris = LorisSettings.quick(image_size=32, channels=(8, 16, 32), strides=(2, 2), max_epochs=1)
+    # score_threshold 0: an (untrained) 1-epoch detector still reports its best box, so the
+    # automatic pipeline can be exercised
+    detector = DetectorSettings(image_size=64, base_channels=4, fpn_channels=8, max_epochs=1, batch_size=4,
+                                score_threshold=0.0)
+    return loris, detector
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """A real MONAI Label server of this app on a tiny datastore with tiny trained models."""
+    import torch
+
+    from lib.app_setup import make_sample_datastore, train_missing
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("monailabel")
+    datastore, models_dir = root / "datastore", root / "models"
+    records = make_sample_datastore(datastore, patients=4, image_size=(96, 64), seed=1)
+    loris, detector = _tiny_settings()
+    train_missing(datastore, models_dir, loris_settings=loris, detector_settings=detector)
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+           "MONAI_LABEL_AUTO_UPDATE_SCORING": "false", "MONAI_LABEL_TRACKING_ENABLED": "false",
+           "MONAI_LABEL_SESSION_PATH": str(root / "sessions"), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = ServerProcess(
+        url=f"http://127.0.0.1:{_free_port()}", datastore=datastore, models_dir=models_dir, app_dir=APP_DIR,
+        log_path=root / "server.log", env=env,
+        sample_image_id=next(r.image for r in records if r.label == "normal"),
+        unlabelled_ids=sorted(r.image for r in records if r.label is None),
+    )
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        shutil.rmtree(root / "sessions", ignore_errors=True)
