@@ -277,7 +277,9 @@ def write_datastore(
                     continue
             name = f"{r.image}.png"
             image_info = {"ts": now, "name": name, "patient_id": r.patient_id}
-            obj = ImageLabelModel(image=DataModel(ext=".png", info=image_info))
+            if r.label is None and box is not None:
+                image_info["box"] = list(box)
+            obj = ImageLabelModel(image=DataModel(ext=".png", info=image_info))  # (pydantic copies the dicts)
             if r.label is not None:
                 label = np.zeros((height, width), dtype=np.uint8)
                 if r.mask_path is not None:
@@ -301,8 +303,6 @@ def write_datastore(
                 label_info["patient_id"] = r.patient_id
                 label_info["has_mask"] = r.label == "normal" or r.mask_path is not None
                 obj.labels[FINAL] = DataModel(ext=".png", info=label_info)
-            elif box is not None:
-                image_info["box"] = list(box)
             write_png(images_dir / name, image)
             model.objects[r.image] = obj
         problems.raise_if_any()
