@@ -61,6 +61,15 @@ def run_network(detector: RetinaNetDetector, batch: torch.Tensor) -> list[tuple[
     return best
 
 
+BLANK_RANGE = 1.0 / 255.0
+"""An image whose intensity range (max - min) is below this is blank: nothing can be found in it."""
+
+
+def is_blank(image: np.ndarray) -> bool:
+    """True for a ``(H, W)`` image in [0, 1] with (almost) constant intensity."""
+    return float(image.max() - image.min()) < BLANK_RANGE
+
+
 class RecessDetector:
     """A trained RetinaNet recess detector (see :mod:`lib.detection.network`).
 
@@ -98,6 +107,8 @@ class RecessDetector:
     def detect(self, image: np.ndarray, min_confidence: float | None = None) -> Detection | None:
         """The recess box of one ``(H, W)`` float image in [0, 1], or None when nothing reaches the threshold.
 
+        A blank image (constant intensity, see :func:`is_blank`) always gives None.
+
         Args:
             image: grayscale image, ``(H, W)``, values in [0, 1] (as :func:`lib.data.imageio.read_image` gives).
             min_confidence: override of :attr:`score_threshold` (metrics use 0 to rank every image's best box).
@@ -109,14 +120,17 @@ class RecessDetector:
         """:meth:`detect` for several images (any sizes), ``batch_size`` at a time through the network."""
         threshold = self.score_threshold if min_confidence is None else float(min_confidence)
         size = self.settings.image_size
-        results: list[Detection | None] = []
-        for start in range(0, len(images), batch_size):
-            chunk = [check_image(im, f"image {start + i}") for i, im in enumerate(images[start : start + batch_size])]
-            batch = torch.stack([network_image(im, size) for im in chunk]).to(self.device)
-            for im, best in zip(chunk, run_network(self.detector, batch)):
+        checked = [check_image(im, f"image {i}") for i, im in enumerate(images)]
+        results: list[Detection | None] = [None] * len(checked)
+        # A blank image (intensity range under one 8-bit grey level) has no structure, hence no recess:
+        # answer "nothing found" without asking the network, whose score there would be meaningless.
+        todo = [i for i, im in enumerate(checked) if not is_blank(im)]
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            batch = torch.stack([network_image(checked[i], size) for i in chunk]).to(self.device)
+            for i, best in zip(chunk, run_network(self.detector, batch)):
                 if best is None or best[1] < threshold:
-                    results.append(None)
                     continue
-                height, width = im.shape
-                results.append(Detection(box=original_box(best[0], (width, height), size), confidence=best[1]))
+                height, width = checked[i].shape
+                results[i] = Detection(box=original_box(best[0], (width, height), size), confidence=best[1])
         return results

@@ -1,0 +1,61 @@
+"""Train the recess box detector on the normal images of a dataset.
+
+Only normal images with a recess box are trained on (a detector that saw
+distended recesses would leak the anomaly into LoRIS). Patients are split into
+training and validation; early stopping follows the validation mean IoU; the
+best checkpoint (weights + settings) is written atomically to MODEL_DIR/model.pt
+and the resumable state to MODEL_DIR/last.pt. Prints the training summary as
+JSON on stdout (progress on stderr).
+
+examples:
+  python -m lib train-detector --data data/sample --out runs/detector --quick
+  python -m lib train-detector --data data/sample --out runs/detector --epochs 300 --patience 40 --resume
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def configure(parser) -> None:
+    parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder (flat, reference or datastore layout)")
+    parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
+    parser.add_argument("--epochs", type=int, metavar="N", help="maximum number of epochs")
+    parser.add_argument("--patience", type=int, metavar="P", help="stop after P epochs without validation improvement")
+    parser.add_argument("--image-size", type=int, metavar="S", help="network input side in pixels (multiple of 32)")
+    parser.add_argument("--batch-size", type=int, metavar="B", help="images per training step")
+    parser.add_argument("--flip", action="store_true",
+                        help="also train on horizontally flipped images (only for data that mixes "
+                             "proximal-left and proximal-right scans)")
+    parser.add_argument("--seed", type=int, help="seed of the patient split, initialisation and augmentations")
+    parser.add_argument("--quick", action="store_true", help="CPU preset: 128 px, at most 40 epochs, patience 10")
+    parser.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/last.pt when present")
+    parser.add_argument("--threads", type=int, metavar="T", help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(args) -> int:
+    import torch
+
+    from lib.data.dataset import load_dataset
+    from lib.detection.settings import DetectorSettings
+    from lib.detection.train import train_detector
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {
+        "max_epochs": args.epochs,
+        "patience": args.patience,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "flip": True if args.flip else None,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    settings = DetectorSettings.quick(**overrides) if args.quick else DetectorSettings(**overrides)
+    dataset = load_dataset(args.data)
+    summary = train_detector(dataset.records, args.out, settings, resume=args.resume, progress=not args.no_progress)
+    json.dump(summary, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0 if summary["best_epoch"] is not None else 1
