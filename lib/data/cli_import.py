@@ -26,7 +26,8 @@ temporary folder beside DATASTORE and renamed into place:
 Start the server on it with `monailabel start_server --app monailabel_app --studies DATASTORE`.
 An existing non-empty DATASTORE is refused unless --merge (add images; ids
 must be new) or --overwrite (replace a datastore whole) is given; a folder that
-is not a datastore is never written into.
+is not a datastore is never written into. Both rebuild the datastore beside
+it and swap it in: stop a server running on DATASTORE first.
 """
 
 from __future__ import annotations

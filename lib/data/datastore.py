@@ -59,8 +59,12 @@ ORIGINAL = "original"
 MODES = ("create", "merge", "overwrite")
 
 
+IMAGE_PATTERNS = [f"*{ext}" for ext in IMAGE_EXTENSIONS]
+"""Unindexed files of the datastore root that :func:`read_datastore` picks up: the images LoRIS reads."""
+
+
 def default_extensions() -> list[str]:
-    """The file patterns the server watches (``MONAI_LABEL_DATASTORE_FILE_EXT``; ``*.png`` by default)."""
+    """The file patterns a stock server watches (``MONAI_LABEL_DATASTORE_FILE_EXT``; ``*.png`` is among them)."""
     from monailabel.config import settings
 
     return list(settings.MONAI_LABEL_DATASTORE_FILE_EXT)
@@ -102,7 +106,7 @@ def read_datastore(root: str | os.PathLike, extensions: list[str] | None = None)
     Args:
         root: the datastore folder (what ``--studies`` points to).
         extensions: file patterns of unindexed images to pick up, as the server
-            does; default :func:`default_extensions`.
+            does; default :data:`IMAGE_PATTERNS` (PNG, JPEG, DICOM).
 
     Raises:
         DataError: listing every problem: an unknown class, a box that leaves its
@@ -114,7 +118,7 @@ def read_datastore(root: str | os.PathLike, extensions: list[str] | None = None)
     if not root.is_dir():
         raise DataError(f"{root}: datastore folder not found")
     model = _load_model(root)
-    extensions = default_extensions() if extensions is None else extensions
+    extensions = IMAGE_PATTERNS if extensions is None else extensions
     images_dir = root / (model.images_dir or ".")
     final_dir = root / (model.labels_dir or LABELS_DIR) / FINAL
 
@@ -227,7 +231,8 @@ def write_datastore(
             "or --overwrite to replace it"
         )
 
-    extensions = default_extensions()
+    # ids must survive both the stock server's file patterns and the app's
+    extensions = list(dict.fromkeys(default_extensions() + IMAGE_PATTERNS))
     problems = Problems(f"{target}: datastore import")
     existing = _load_model(target) if state == "datastore" and mode == "merge" else None
     taken = set(existing.objects) if existing is not None else set()
@@ -241,8 +246,10 @@ def write_datastore(
         where = f"{r.image_path} (image {r.image!r})"
         if problems.catch(check_image_name, r.image, where) is None:
             continue
-        if _to_id(f"{r.image}.png", extensions)[0] != r.image:
-            problems.add(f"{where}: MONAI Label would read the name {r.image!r} as {_to_id(r.image + '.png', extensions)[0]!r}; rename the image")
+        as_read = {_to_id(f"{r.image}.png", e)[0] for e in (default_extensions(), IMAGE_PATTERNS)}
+        if as_read != {r.image}:
+            wrong = sorted(as_read - {r.image})
+            problems.add(f"{where}: MONAI Label would read the name {r.image!r} as {wrong[0]!r}; rename the image")
         if r.image in seen:
             problems.add(f"{where}: duplicate image name")
         seen.add(r.image)
@@ -309,7 +316,7 @@ def write_datastore(
         (tmp / DATASTORE_CONFIG).write_text(
             json.dumps(model.model_dump(exclude={"base_path"}), indent=2, default=str), encoding="utf-8"
         )
-    return read_datastore(target, extensions)
+    return read_datastore(target)
 
 
 def open_local_datastore(root: str | os.PathLike, extensions: list[str] | None = None):

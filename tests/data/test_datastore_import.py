@@ -127,6 +127,18 @@ def test_dicom_frame_is_imported_as_png_with_its_pixels(tmp_path):
     assert back["scan_1"].box == (1, 2, 30, 20)
 
 
+def test_rgb_dicom_frame_is_imported_as_grayscale(tmp_path):
+    import SimpleITK as sitk
+
+    rgb = np.stack([gray(6), gray(7), gray(8)], axis=-1)
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / "rgb.dcm"))
+    back = write_datastore([Record("rgb_dcm", tmp_path / "rgb.dcm", "p", "normal", (0, 0, 4, 4))], tmp_path / "ds")
+    stored = Image.open(back[0].image_path)
+    assert stored.mode == "L" and stored.size == (W, H)
+    luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(np.asarray(stored).astype(np.float64) - luma).max() <= 0.5 + 1e-3
+
+
 def test_an_existing_datastore_needs_merge_or_overwrite(flat_dir, tmp_path):
     records = read_flat(flat_dir)
     write_datastore(records[:2], tmp_path / "ds")
