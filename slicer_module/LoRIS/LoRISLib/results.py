@@ -74,7 +74,7 @@ class LorisResult:
     """Answer of ``/infer/loris`` for one image.
 
     score: pooled anomaly score in the box (the method's units; higher = more anomalous).
-    distended: the decision, ``score > threshold``.
+    distended: the decision, ``score >= threshold``.
     threshold: image-level decision threshold calibrated on validation data.
     pixel_threshold: anomaly-map value above which a pixel belongs to the segmentation.
     box: the box the score was computed in, pixels ``[x_min, y_min, x_max, y_max]``.
