@@ -286,7 +286,7 @@ def read_flat(root: str | os.PathLike) -> list[Record]:
         if patient_id and label and box:
             records.append(Record(name, files[name], patient_id, label, box, mask_path))
 
-    for name in sorted(set(masks) - set(files)):
+    for name in sorted(set(masks) - set(files) - duplicate_files):
         if name not in seen:
             problems.add(f"{masks[name]}: mask without an image {images_dir}/{name}.*")
     for name in sorted(set(files) - set(seen)):
