@@ -1,7 +1,6 @@
-"""First-run setup of the MONAI Label app: a sample datastore and both models, trained with the quick preset.
+"""First-run setup of the MONAI Label app, then the server: ``make run``.
 
-``python -m lib.app_setup [--datastore DIR] [--models DIR]`` (what ``make run`` calls
-before ``monailabel start_server``):
+``python -m lib.app_setup [--workdir runs/default] [--host 127.0.0.1] [--port 8000] [--no-server]``:
 
 1. if ``DIR`` holds no datastore yet, generate synthetic knee-ultrasound frames
    (:mod:`lib.data.synthetic`) and import them (:func:`lib.data.datastore.write_datastore`);
@@ -11,23 +10,28 @@ before ``monailabel start_server``):
    quick CPU preset through the app's own trainers (same code as ``POST /train``),
    showing progress.
 
-Later runs find everything in place and return in seconds. Each step is atomic:
-an interrupted first run leaves nothing half-written and the next run redoes
-only what is missing.
+3. unless ``--no-server``, replace this process with
+   ``monailabel start_server --app monailabel_app --studies WORKDIR/datastore
+   --conf models_dir WORKDIR/models --host HOST --port PORT``.
+
+Later runs find everything in place and start the server in seconds. Each step is
+atomic: an interrupted first run leaves nothing half-written and the next run
+redoes only what is missing. ``--datastore`` / ``--models`` override the two folders.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-DEFAULT_DATASTORE = Path("data/datastore")
-DEFAULT_MODELS = Path("monailabel_app/model")
+APP_DIR = Path(__file__).resolve().parent.parent / "monailabel_app"
+DEFAULT_WORKDIR = Path("runs/default")
 SAMPLE_PATIENTS = 24
 SAMPLE_IMAGE_SIZE = (320, 240)
 UNLABELLED_EVERY = 3
@@ -91,7 +95,7 @@ def train_missing(datastore: Path, models_dir: Path, *, request: dict | None = N
     return trained
 
 
-def setup(datastore: Path = DEFAULT_DATASTORE, models_dir: Path = DEFAULT_MODELS, device: str = "cpu") -> None:
+def setup(datastore: Path, models_dir: Path, device: str = "cpu") -> None:
     """Make sure the sample datastore and both models exist (see the module docstring)."""
     from lib.data.datastore import is_datastore
 
@@ -105,21 +109,41 @@ def setup(datastore: Path = DEFAULT_DATASTORE, models_dir: Path = DEFAULT_MODELS
         print(f"sample datastore {datastore} and models in {models_dir} are ready", flush=True)
 
 
+def server_command(datastore: Path, models_dir: Path, host: str, port: int) -> list[str]:
+    """The ``monailabel start_server`` command line of the app on ``datastore`` with ``models_dir``."""
+    return [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR),
+            "--studies", str(Path(datastore).resolve()), "--conf", "models_dir", str(Path(models_dir).resolve()),
+            "--host", host, "--port", str(port)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lib.app_setup", description=__doc__.splitlines()[0])
-    parser.add_argument("--datastore", type=Path, default=DEFAULT_DATASTORE, help="datastore folder (--studies)")
-    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="models folder (--conf models_dir)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="holds datastore/ and models/")
+    parser.add_argument("--datastore", type=Path, default=None, help="datastore folder (default WORKDIR/datastore)")
+    parser.add_argument("--models", type=Path, default=None, help="models folder (default WORKDIR/models)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda, for the first-run training")
+    parser.add_argument("--host", default="127.0.0.1", help="server address (default: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--no-server", action="store_true", help="set up only; do not start the server")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from lib.errors import LorisError
 
+    datastore = args.datastore or args.workdir / "datastore"
+    models_dir = args.models or args.workdir / "models"
     try:
-        setup(args.datastore, args.models, args.device)
+        setup(datastore, models_dir, args.device)
     except LorisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    if args.no_server:
+        return 0
+    command = server_command(datastore, models_dir, args.host, args.port)
+    print(f"starting the server: {' '.join(command)}", flush=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(APP_DIR.parent), env.get("PYTHONPATH", "")) if p)
+    os.execve(sys.executable, command, env)
+    return 0  # not reached
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # `lib` and `tests.app.helpers` importable under plain `pytest` too
 APP_DIR = REPO / "monailabel_app"
 STARTUP_TIMEOUT_S = 120
 
