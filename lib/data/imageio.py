@@ -30,7 +30,8 @@ def image_name(path: str | os.PathLike) -> str:
     return Path(path).stem
 
 
-def _to_gray_unit(array: np.ndarray, source: str) -> np.ndarray:
+def _to_gray_unit(array: np.ndarray, source: str, full_scale: float | None = None) -> np.ndarray:
+    """Grayscale ``[0, 1]``; integers are divided by ``full_scale`` (default: 255, or 65535 above 255)."""
     array = np.asarray(array)
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         array = array[..., :3].astype(np.float64) @ _LUMA
@@ -39,8 +40,9 @@ def _to_gray_unit(array: np.ndarray, source: str) -> np.ndarray:
     if array.ndim != 2:
         raise DataError(f"{source}: expected a 2D image (H, W) or colour (H, W, 3), got shape {tuple(np.shape(array))}")
     if np.issubdtype(np.asarray(array).dtype, np.integer) or array.dtype == bool:
-        info_max = 255.0 if array.max(initial=0) <= 255 else float(np.iinfo(np.uint16).max)
-        out = array.astype(np.float64) / info_max
+        if full_scale is None:
+            full_scale = 255.0 if array.max(initial=0) <= 255 else float(np.iinfo(np.uint16).max)
+        out = array.astype(np.float64) / full_scale
     else:
         out = array.astype(np.float64)
         top = out.max(initial=0.0)
@@ -49,7 +51,8 @@ def _to_gray_unit(array: np.ndarray, source: str) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+def _read_dicom(path: Path) -> tuple[np.ndarray, float | None]:
+    """The frame's pixels and their full scale, ``2**BitsStored - 1`` when the file says."""
     import SimpleITK as sitk
 
     try:
@@ -65,7 +68,13 @@ def _read_dicom(path: Path) -> np.ndarray:
         if array.shape[0] != 1:
             raise DataError(f"{path}: multi-frame DICOM with {array.shape[0]} frames; export one frame per file")
         array = array[0]
-    return array
+    full_scale = None
+    if img.HasMetaDataKey("0028|0101"):  # Bits Stored: a 12-bit frame must not be scaled by 65535
+        try:
+            full_scale = float(2 ** int(img.GetMetaData("0028|0101").strip()) - 1)
+        except ValueError:
+            full_scale = None
+    return array, full_scale
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -78,7 +87,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
     if path.suffix.lower() == ".dcm":
-        return _to_gray_unit(_read_dicom(path), str(path))
+        array, full_scale = _read_dicom(path)
+        return _to_gray_unit(array, str(path), full_scale)
     try:
         with Image.open(path) as img:
             img.load()

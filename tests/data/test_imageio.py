@@ -48,3 +48,31 @@ def test_mask_round_trip_keeps_an_asymmetric_shape(tmp_path):
 def test_image_name_strips_only_the_image_extension():
     assert image_name("a/b/knee.01.png") == "knee.01"
     assert image_name("x.DCM") == "x"
+
+
+def _write_12_bit_dicom(path, array):
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "US"
+    ds.Rows, ds.Columns = array.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = array.astype("<u2").tobytes()
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    ds.save_as(str(path), write_like_original=False)
+
+
+def test_12_bit_dicom_is_scaled_by_its_bits_stored(tmp_path):
+    array = np.zeros((4, 6), np.uint16)
+    array[1, 2] = 4095
+    _write_12_bit_dicom(tmp_path / "f.dcm", array)
+    out = read_image(tmp_path / "f.dcm")
+    assert out.shape == (4, 6)
+    assert out[1, 2] == pytest.approx(1.0) and out.sum() == pytest.approx(1.0)
