@@ -1,0 +1,67 @@
+"""Run LoRIS on one image: reconstruction, anomaly map, score, decision and segmentation.
+
+Writes into OUT (each file atomically, and only once everything is computed):
+  reconstruction.png   the network's reconstruction (8-bit, the image's size)
+  anomaly_map.nrrd     float32 anomaly map on the image's pixel grid (x = column, y = row,
+                       origin 0, spacing 1)
+  mask.png             segmentation (0/255)
+  result.json          score, distended, threshold, pixel_threshold, metric, box, box_source
+
+The box is x_min y_min x_max y_max in the image's pixels (max exclusive). Without
+--box, a recess detector (--detector MODEL_DIR, trained with train-detector)
+proposes it.
+
+Examples:
+  python -m lib infer --model runs/loris --image data/sample/images/p001_01.png --box 200 150 420 230 --out runs/out
+  python -m lib infer --model runs/loris --image scan.dcm --detector runs/detector --out runs/out --metric dd
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lib.loris.settings import METRICS
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR", help="trained LoRIS model directory")
+    parser.add_argument("--image", required=True, type=Path, metavar="FILE", help="image file (PNG, JPEG or DICOM)")
+    parser.add_argument("--box", type=int, nargs=4, metavar=("X_MIN", "Y_MIN", "X_MAX", "Y_MAX"),
+                        help="recess box in pixels (max exclusive)")
+    parser.add_argument("--detector", type=Path, metavar="MODEL_DIR", help="recess detector used when --box is not given")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    parser.add_argument("--metric", choices=METRICS, help="anomaly-map metric (default: the model's)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from lib.data.imageio import read_image
+    from lib.data.records import validate_box
+    from lib.errors import DataError
+    from lib.loris.infer import LorisPredictor, write_outputs
+
+    predictor = LorisPredictor.load(args.model, args.device)
+    image = read_image(args.image)
+    h, w = image.shape
+    extra = {}
+    if args.box is not None:
+        box = validate_box(args.box, w, h, f"--box for {args.image}")
+        extra["box_source"] = "request"
+    elif args.detector is not None:
+        from lib.detection.infer import RecessDetector
+
+        detection = RecessDetector.load(args.detector, args.device).detect(image)
+        if detection is None:
+            raise DataError(f"{args.image}: the detector found no recess; give --box")
+        box = validate_box(detection.box, w, h, f"detected box for {args.image}")
+        extra.update(box_source="detector", detector_confidence=detection.confidence)
+    else:
+        raise DataError("give the recess box with --box X_MIN Y_MIN X_MAX Y_MAX, or a detector with --detector MODEL_DIR")
+    prediction = predictor.predict(image, box, args.metric)
+    extra.update(image=str(args.image), image_size=[w, h], pooling=predictor.settings.pooling, model=str(args.model))
+    result = write_outputs(prediction, args.out, extra)
+    print(json.dumps({k: v for k, v in result.items() if k != "files"}, indent=2))
+    print(f"wrote {', '.join(result['files'].values())} to {args.out}")
+    return 0

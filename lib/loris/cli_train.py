@@ -1,0 +1,85 @@
+"""Train a LoRIS model on the normal images of a data set.
+
+DIR is a flat-layout folder (images/, labels.csv, masks/), the paper's
+reference layout, or a MONAI Label datastore. Normal images with a box are the
+training data; images are split by patient into train and validation
+(--valid-fraction). Distended images never enter the loss: those in
+validation calibrate the thresholds (pixel threshold maximizing Dice, image
+threshold maximizing Youden's J; without them, both from --target-fpr on
+normal images). The best checkpoint on the validation loss is saved, with
+its settings and calibration, in MODEL_DIR/model.pt (model.json is a readable
+copy); MODEL_DIR/checkpoint_last.pt allows --resume.
+
+Defaults are the paper's (256 px, Adam 1e-4, batch 4, 1000 epochs, patience
+50); --quick is a CPU demo preset (64 px, small UNet, 30 epochs).
+
+Examples:
+  python -m lib sample-data --out data/sample
+  python -m lib train --data data/sample --out runs/loris --quick
+  python -m lib train --data data/sample --out runs/loris --epochs 200 --patience 20 --device cuda
+  python -m lib train --data data/sample --out runs/loris --quick --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lib.loris.settings import METRICS, MODES, POOLINGS, LorisSettings
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, type=Path, metavar="DIR", help="data set folder (flat, reference or datastore)")
+    parser.add_argument("--out", required=True, type=Path, metavar="MODEL_DIR", help="model directory to write")
+    parser.add_argument("--quick", action="store_true", help="CPU demo preset: 64 px, small UNet, 30 epochs, patience 8")
+    parser.add_argument("--epochs", type=int, metavar="N", help="maximum epochs (default 1000; quick 30)")
+    parser.add_argument("--patience", type=int, metavar="P", help="early-stopping patience in epochs (default 50; quick 8)")
+    parser.add_argument("--batch-size", type=int, metavar="B", help="mini-batch size (default 4)")
+    parser.add_argument("--lr", type=float, metavar="LR", help="Adam learning rate (default 1e-4; quick 1e-3)")
+    parser.add_argument("--image-size", type=int, metavar="S", help="network grid side in pixels (default 256; quick 64)")
+    parser.add_argument("--metric", choices=METRICS, help="default anomaly-map metric of the model (default msgmsd)")
+    parser.add_argument("--pooling", choices=POOLINGS, help="image score pooling in the box (default mean, paper)")
+    parser.add_argument("--mode", choices=MODES, help="network input: loris (box mask, default), autoencoder, riad")
+    parser.add_argument("--valid-fraction", type=float, metavar="F", help="share of patients for validation (default 0.2)")
+    parser.add_argument("--target-fpr", type=float, metavar="F", help="calibration FPR without distended validation images (default 0.05)")
+    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument("--no-augment", action="store_true", help="no box jitter / intensity gain augmentation")
+    parser.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint_last.pt")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def settings_from_args(args: argparse.Namespace) -> LorisSettings:
+    """The settings of a ``train`` command line: preset, then the flags given."""
+    base = LorisSettings.quick() if args.quick else LorisSettings()
+    return base.replace(
+        max_epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, learning_rate=args.lr,
+        image_size=args.image_size, metric=args.metric, pooling=args.pooling, mode=args.mode,
+        valid_fraction=args.valid_fraction, target_fpr=args.target_fpr, seed=args.seed,
+        augment=False if args.no_augment else None,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from lib.data.dataset import load_dataset
+    from lib.loris.train import train
+
+    settings = settings_from_args(args)
+    dataset = load_dataset(args.data)
+    summary = train(dataset.records, args.out, settings, resume=args.resume, progress=not args.no_progress,
+                    device=args.device)
+    if args.resume and not summary["resumed"]:
+        print(f"note: no checkpoint in {args.out}; trained from scratch")
+    print(f"trained on {summary['n_train']} normal images, validated on {summary['n_valid']} normal "
+          f"+ {summary['n_valid_distended']} distended ({summary['validation_source']}); "
+          f"{summary['epochs_run']} epochs, best epoch {summary['best_epoch']} "
+          f"(validation loss {summary['best_valid_loss']:.4f}), {summary['seconds']:.1f} s on {summary['device']}")
+    print(f"{'metric':8} {'threshold':>10} {'rule':>10} {'pixel_thr':>10} {'rule':>10} {'valid AUROC':>11} {'valid Dice':>10}")
+    for metric, c in summary["calibration"].items():
+        auroc = "-" if c["valid_auroc"] is None else f"{c['valid_auroc']:.3f}"
+        dice = "-" if c["valid_dice"] is None else f"{c['valid_dice']:.3f}"
+        print(f"{metric:8} {c['threshold']:10.4f} {c['image_rule']:>10} {c['pixel_threshold']:10.4f} "
+              f"{c['pixel_rule']:>10} {auroc:>11} {dice:>10}")
+    print(f"model saved in {args.out} (model.pt, model.json; default metric {settings.metric}, pooling {settings.pooling})")
+    return 0

@@ -1,0 +1,47 @@
+"""Score pooling in the box and segmentation post-processing."""
+
+import numpy as np
+import pytest
+import torch
+
+from lib.errors import DataError
+from lib.loris.postprocess import box_region, box_scores, clean_mask, segment
+
+
+def test_segmentation_removes_an_isolated_pixel_and_fills_a_one_pixel_hole():
+    amap = np.zeros((20, 20), dtype=np.float32)
+    amap[5:12, 6:14] = 1.0
+    amap[8, 9] = 0.0  # a one-pixel hole
+    amap[16, 2] = 1.0  # an isolated pixel
+    mask = segment(amap, 0.5)
+    expected = np.zeros((20, 20), dtype=bool)
+    expected[5:12, 6:14] = True
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_objects_touching_the_image_edge_keep_their_edge_pixels():
+    m = np.zeros((10, 10), dtype=bool)
+    m[0:4, 0:5] = True
+    np.testing.assert_array_equal(clean_mask(m), m)
+
+
+def test_segmentation_is_batched_per_image_and_respects_the_region():
+    amap = np.zeros((2, 12, 12), dtype=np.float32)
+    amap[0, 2:8, 2:8] = 1
+    amap[1, 4:10, 4:10] = 1
+    region = np.stack([box_region((0, 0, 12, 12), 12, 12), box_region((0, 0, 7, 12), 12, 12)])
+    out = segment(amap, 0.5, region)
+    np.testing.assert_array_equal(out[0], amap[0] > 0.5)
+    assert out[1, :, 7:].sum() == 0 and out[1, 4:10, 4:7].all()
+
+
+def test_scores_pool_the_map_inside_the_box():
+    maps = torch.zeros(2, 1, 6, 6)
+    maps[0, 0, 1, 1] = 4.0
+    maps[0, 0, 5, 5] = 100.0  # outside the box
+    maps[1, 0] = 2.0
+    boxes = torch.tensor([[0, 0, 2, 2], [1, 1, 3, 2]])
+    np.testing.assert_allclose(box_scores(maps, boxes, "mean").numpy(), [1.0, 2.0])
+    np.testing.assert_allclose(box_scores(maps, boxes, "max").numpy(), [4.0, 2.0])
+    with pytest.raises(DataError, match="mean, max"):
+        box_scores(maps, boxes, "median")
