@@ -214,6 +214,12 @@ class LoRISWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p is None:
             return
         volume = p.inputVolume
+        # The datastore id belongs to the volume (node attribute, saved with the scene): when the user
+        # selects another volume, show that volume's id, never the previous one's.
+        volumeImageId = (volume.GetAttribute(IMAGE_ID_ATTRIBUTE) or "") if volume is not None else ""
+        if p.imageId != volumeImageId:
+            p.imageId = volumeImageId  # re-enters _updateGUI once, then the ids agree
+            return
         self.ui.roiPlaceWidget.setCurrentNode(p.roiNode)
         if p.segmentationNode is not None:
             self.ui.segmentEditorWidget.setSegmentationNode(p.segmentationNode)
@@ -315,13 +321,14 @@ class LoRISWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.segmentationNode = self.logic.ensureSegmentationNode(p.segmentationNode, volume)
             p.resultJson = ""
             p.labelClass = "normal"
+        p.roiNode.RemoveAllControlPoints()  # the previous image's box: draw or detect a new one
         self.logic.clearSegmentation(p.segmentationNode, volume)
         self.logic.showImage(volume)
 
     def onDetectRecess(self) -> None:
         p = self._parameterNode
         with self._busy(_("Detecting the recess")):
-            p.imageId = self.logic.ensureImageInDatastore(p.serverUrl, p.inputVolume, p.imageId)
+            p.imageId = self.logic.ensureImageInDatastore(p.serverUrl, p.inputVolume)
             p.roiNode = self.logic.ensureRoiNode(p.roiNode)
             detection = self.logic.detectRecess(p.serverUrl, p.imageId, p.inputVolume, p.roiNode)
             if not detection.found:
@@ -330,7 +337,7 @@ class LoRISWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onRunLoris(self) -> None:
         p = self._parameterNode
         with self._busy(_("Running LoRIS")):
-            p.imageId = self.logic.ensureImageInDatastore(p.serverUrl, p.inputVolume, p.imageId)
+            p.imageId = self.logic.ensureImageInDatastore(p.serverUrl, p.inputVolume)
             p.segmentationNode = self.logic.ensureSegmentationNode(p.segmentationNode, p.inputVolume)
             box = None
             if p.roiNode is not None and self.logic.roiIsPlaced(p.roiNode):
@@ -362,7 +369,7 @@ class LoRISWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         submitted = False
         with self._busy(_("Submitting the correction")):
-            p.imageId = self.logic.ensureImageInDatastore(p.serverUrl, p.inputVolume, p.imageId)
+            p.imageId = self.logic.ensureImageInDatastore(p.serverUrl, p.inputVolume)
             self.logic.submitCorrection(
                 p.serverUrl, p.imageId, p.inputVolume, p.segmentationNode, p.roiNode, p.labelClass
             )
@@ -516,16 +523,17 @@ class LoRISLogic(ScriptedLoadableModuleLogic):
         volume.SetAttribute(IMAGE_ID_ATTRIBUTE, imageId)
         return imageId, volume
 
-    def ensureImageInDatastore(self, url, volumeNode, imageId=""):
+    def ensureImageInDatastore(self, url, volumeNode):
         """The datastore id of ``volumeNode``, uploading the image first when the datastore lacks it.
 
-        The upload sends the original file when the volume came from a
-        PNG/JPEG/DICOM file, else the volume's pixels as an 8-bit PNG.
+        The id is kept on the volume (node attribute ``LoRIS.imageId``, saved
+        with the scene). The upload sends the original file when the volume
+        came from a PNG/JPEG/DICOM file, else the volume's pixels as an 8-bit PNG.
         """
         if volumeNode is None:
             raise ValueError("No image is selected.")
         client = self.client(url)
-        imageId = imageId or volumeNode.GetAttribute(IMAGE_ID_ATTRIBUTE) or ""
+        imageId = volumeNode.GetAttribute(IMAGE_ID_ATTRIBUTE) or ""
         if imageId and client.has_image(imageId):
             volumeNode.SetAttribute(IMAGE_ID_ATTRIBUTE, imageId)
             return imageId
@@ -614,6 +622,9 @@ class LoRISLogic(ScriptedLoadableModuleLogic):
             roiNode.SetROIType(slicer.vtkMRMLMarkupsROINode.ROITypeBox)
             roiNode.SetSize(size)  # size first: with a zero size the ROI has no control point to move
             roiNode.SetCenter(center)
+            # SetSize/SetCenter return early on unchanged values; make sure the control point exists
+            # (it was removed when a new image started).
+            roiNode.UpdateControlPointsFromROI()
 
     def detectRecess(self, url, imageId, volumeNode, roiNode):
         """``recess_detection`` on the image; places ``roiNode`` on the found box. Returns a :class:`results.Detection`."""
@@ -846,7 +857,12 @@ class LoRISTest(ScriptedLoadableModuleTest):
         roi = logic.ensureRoiNode()
         for box in ([40, 5, 60, 15], [0, 0, 64, 48], [3, 30, 4, 31]):
             logic.setRoiFromBox(roi, volume, box)
+            self.assertTrue(logic.roiIsPlaced(roi))
             self.assertEqual(logic.boxFromRoi(roi, volume), box)
+        roi.RemoveAllControlPoints()  # what a new image does
+        self.assertFalse(logic.roiIsPlaced(roi))
+        logic.setRoiFromBox(roi, volume, [3, 30, 4, 31])  # same box again: the control point must come back
+        self.assertTrue(logic.roiIsPlaced(roi))
 
     def test_segmentation_mask_round_trip(self):
         self.delayDisplay("mask -> segment -> mask")
