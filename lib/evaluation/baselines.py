@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from lib.data.records import Box
+from lib.data.summary import box_darkness_score
+from lib.data.summary import box_shape_score as summary_box_shape_score
 
 BASELINES = ("box-intensity", "box-shape")
 NETWORK_METHODS = ("loris", "riad", "autoencoder")
@@ -37,15 +39,16 @@ def box_intensity_map(image: np.ndarray, box: Box) -> np.ndarray:
 
 
 def box_intensity_score(image: np.ndarray, box: Box) -> float:
-    """Mean darkness ``1 - intensity`` inside the box, in [0, 1] (higher = darker = more anomalous)."""
-    x0, y0, x1, y1 = box
-    return float(1.0 - np.asarray(image[y0:y1, x0:x1], dtype=np.float64).mean())
+    """Mean darkness ``1 - intensity`` inside the box, in [0, 1] (higher = darker = more anomalous).
+
+    The same score as the dataset summary's ``box_intensity_auroc``.
+    """
+    return box_darkness_score(image, box)
 
 
 def box_shape_score(box: Box) -> float:
-    """The box's height / width ratio (dimensionless; higher = taller box)."""
-    x0, y0, x1, y1 = box
-    return float((y1 - y0) / (x1 - x0))
+    """The box's height / width ratio (dimensionless; higher = taller box), as in the dataset summary."""
+    return float(summary_box_shape_score(box))
 
 
 def baseline_predict(method: str, image: np.ndarray | None, box: Box) -> tuple[float, np.ndarray | None]:

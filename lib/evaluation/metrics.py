@@ -115,25 +115,44 @@ def pixel_auroc(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> floa
     return float(roc_auc_score(truth, values))
 
 
-def best_dice(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> tuple[float | None, float | None]:
+def best_dice(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray],
+              regions: Sequence[np.ndarray] | None = None) -> tuple[float | None, float | None]:
     """The paper's Dice: the best F1 over all thresholds of the pooled pixels.
 
     One threshold for the whole set (pixels pooled, as in the reference code),
     chosen on the very data it is measured on: an optimistic upper bound of the
     segmentation quality, reported because the paper does. Computed exactly from
-    the precision-recall curve (every distinct map value is a candidate threshold).
+    the precision-recall curve (every distinct map value is a candidate threshold),
+    on the thresholded map itself (no closing/opening).
+
+    Args:
+        masks, maps: as in the module docstring.
+        regions: optional bool ``(H, W)`` per image, where the segmentation may fire
+            (the box): pixels outside are never predicted anomalous, at any threshold
+            (their anomalous pixels count as missed).
 
     Returns:
         ``(dice, threshold)``: the best Dice and the map value at which it is reached
         (a pixel is anomalous when its value >= threshold); ``(None, None)`` when no
         pixel is anomalous.
     """
+    if regions is not None:
+        if len(regions) != len(maps):
+            raise DataError(f"{len(regions)} regions for {len(maps)} anomaly maps")
+        floor = min((float(np.min(m)) for m in maps if np.size(m)), default=0.0) - 1.0
+        maps = [np.where(np.asarray(r, dtype=bool), m, floor) for m, r in zip(maps, regions)]
     truth, values, _ = pool_pixels(masks, maps)
     if not truth.any():
         return None, None
     precision, recall, thresholds = precision_recall_curve(truth, values)
     # The last (precision, recall) point has no threshold (recall 0, precision 1).
     precision, recall = precision[:-1], recall[:-1]
+    if regions is not None:
+        # The lowest threshold (floor) would switch on the pixels outside the regions: not a candidate.
+        keep = thresholds > floor
+        precision, recall, thresholds = precision[keep], recall[keep], thresholds[keep]
+        if thresholds.size == 0:
+            return 0.0, None
     denominator = precision + recall
     f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0)
     best = int(np.argmax(f1))

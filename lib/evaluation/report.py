@@ -258,9 +258,12 @@ class PanelRow:
     distended: bool
 
 
-def panel_figure(path: Path, title: str, rows: list[PanelRow]) -> None:
+def panel_figure(path: Path, title: str, rows: list[PanelRow], aspect: float = 1.0) -> None:
     """A grid: one row per image; columns original+box, masked input, reconstruction, anomaly map,
-    segmentation vs ground truth (green = both, red = predicted only, blue = missed)."""
+    segmentation vs ground truth (green = both, red = predicted only, blue = missed).
+
+    ``aspect``: height / width of one displayed pixel (``H / W`` of the original image when the
+    arrays are on the square network grid, so that the anatomy keeps its proportions)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -273,7 +276,7 @@ def panel_figure(path: Path, title: str, rows: list[PanelRow]) -> None:
     for r, row in enumerate(rows):
         ax = axes[r]
         x0, y0, x1, y1 = row.box
-        ax[0].imshow(row.image, cmap="gray", vmin=0, vmax=1)
+        ax[0].imshow(row.image, cmap="gray", vmin=0, vmax=1, aspect=aspect)
         ax[0].add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1.2))
         verdict = "distended" if row.distended else "normal"
         ax[0].set_ylabel(f"{row.name}\ntruth: {row.label}\nscore {row.score:.3g} -> {verdict}", fontsize=7)
@@ -281,23 +284,24 @@ def panel_figure(path: Path, title: str, rows: list[PanelRow]) -> None:
             if array is None:
                 ax[c].text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax[c].transAxes)
             else:
-                ax[c].imshow(array, cmap="gray", vmin=0, vmax=1)
+                ax[c].imshow(array, cmap="gray", vmin=0, vmax=1, aspect=aspect)
         if row.anomaly_map is None:
             ax[3].text(0.5, 0.5, "no map", ha="center", va="center", transform=ax[3].transAxes)
         else:
-            ax[3].imshow(row.anomaly_map, cmap="inferno")
+            ax[3].imshow(row.anomaly_map, cmap="inferno", aspect=aspect)
         overlay = np.stack([row.image] * 3, axis=-1) * 0.6
         predicted = row.mask if row.mask is not None else np.zeros_like(row.truth)
         overlay[predicted & row.truth] = (0.1, 0.9, 0.1)
         overlay[predicted & ~row.truth] = (0.95, 0.15, 0.15)
         overlay[~predicted & row.truth] = (0.2, 0.4, 1.0)
-        ax[4].imshow(np.clip(overlay, 0, 1))
+        ax[4].imshow(np.clip(overlay, 0, 1), aspect=aspect)
         for a in ax:
             a.set_xticks([])
             a.set_yticks([])
     for c, name in enumerate(columns):
         axes[0][c].set_title(name, fontsize=9)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     _savefig(fig, path)
     plt.close(fig)
 

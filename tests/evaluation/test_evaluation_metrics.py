@@ -107,3 +107,13 @@ def test_summarize_keeps_missing_folds_out_of_mean_and_std():
     out = summarize([0.5, None, 1.0])
     assert out == {"mean": 0.75, "std": 0.25, "folds": [0.5, None, 1.0]}
     assert summarize([None]) == {"mean": None, "std": None, "folds": [None]}
+
+
+def test_best_dice_never_switches_on_pixels_outside_the_region():
+    truth = np.array([[1, 1, 0, 1]], bool)
+    values = np.array([[0.9, 0.8, 0.1, 0.95]], np.float32)
+    region = np.array([[1, 1, 1, 0]], bool)
+    # the last anomalous pixel lies outside the region: at best 2 of 3 found with 2 predicted -> 4/5
+    value, threshold = best_dice([truth], [values], [region])
+    assert value == pytest.approx(0.8)
+    assert threshold == pytest.approx(0.8)

@@ -1,0 +1,67 @@
+"""``python -m lib evaluate`` end to end on a tiny generated dataset: metrics.json, report, resume."""
+
+import json
+
+import pytest
+
+from lib.__main__ import main
+from lib.evaluation.results import METRIC_NAMES
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluate") / "data"
+    assert main(["sample-data", "--out", str(out), "--patients", "8", "--image-size", "128x96"]) == 0
+    return out
+
+
+def _evaluate(data, out, *extra):
+    return main(["evaluate", "--data", str(data), "--out", str(out), "--folds", "2", "--epochs", "1", "--quick",
+                 "--image-size", "64", "--metrics", "msgmsd", "dd", "--threads", "1", "--no-progress", *extra])
+
+
+def test_evaluate_writes_metrics_and_report_for_annotated_and_uniform_boxes(tiny_data, tmp_path):
+    out = tmp_path / "eval"
+    assert _evaluate(tiny_data, out, "--box", "gt", "uniform") == 0
+    results = json.loads((out / "metrics.json").read_text())
+    assert set(results) >= {"methods", "config", "dataset", "uniform_box"}
+    expected = {"loris+msgmsd", "loris+dd", "riad+msgmsd", "autoencoder+dd", "box-intensity", "box-shape",
+                "loris+msgmsd@uniform", "riad+dd@uniform", "box-shape@uniform", "box-intensity@uniform"}
+    assert expected <= set(results["methods"])
+    for key, entry in results["methods"].items():
+        assert set(METRIC_NAMES) <= set(entry), key
+        for name in METRIC_NAMES:
+            assert set(entry[name]) == {"mean", "std", "folds"} and len(entry[name]["folds"]) == 2, (key, name)
+        assert entry["box"] == ("uniform" if key.endswith("@uniform") else "gt")
+    shape = results["methods"]["box-shape"]
+    assert 0.0 <= shape["i_auroc"]["mean"] <= 1.0
+    assert shape["p_auroc"]["mean"] is None  # no image, no map
+    # one box size for everyone: the box shape cannot rank the images
+    assert results["methods"]["box-shape@uniform"]["i_auroc"]["mean"] == pytest.approx(0.5, abs=0.15)
+    assert results["dataset"]["box_shape_auroc"] is not None
+    assert results["config"]["boxes"] == ["gt", "uniform"]
+    report = (out / "report.md").read_text()
+    assert "Table 1" in report and "box-shape" in report and "uniform" in report
+    for name in ("figures/roc_loris_msgmsd.png", "figures/roc_box-shape_uniform.png", "panels/loris_dd.png",
+                 "panels/loris_msgmsd_uniform.png", "panels/box-intensity.png", "folds/fold_0.json", "folds/fold_1.json"):
+        assert (out / name).stat().st_size > 0, name
+
+    # --resume: both folds are finished, nothing is trained again and the numbers stay the same
+    before = {p: p.stat().st_mtime_ns for p in (out / "models").rglob("model.pt")}
+    assert _evaluate(tiny_data, out, "--box", "gt", "uniform", "--resume") == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["methods"] == results["methods"]
+    assert {p: p.stat().st_mtime_ns for p in (out / "models").rglob("model.pt")} == before
+
+
+def test_resume_with_other_options_is_refused(tiny_data, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert _evaluate(tiny_data, out, "--methods", "box-shape") == 0
+    assert _evaluate(tiny_data, out, "--methods", "box-intensity", "--resume") == 2
+    assert "another configuration" in capsys.readouterr().err
+
+
+def test_unknown_method_is_a_clear_error(tiny_data, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _evaluate(tiny_data, tmp_path / "x", "--methods", "patchcore")
+    assert "invalid choice" in capsys.readouterr().err
