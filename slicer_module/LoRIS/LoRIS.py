@@ -391,10 +391,14 @@ class LoRISWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPollTraining(self) -> None:
         """Timer slot: show the training status; stop polling when it is done, failed or stopped."""
+        if self._parameterNode is None:  # scene closed while polling
+            self._trainTimer.stop()
+            return
         try:
             status = self.logic.trainingStatus(self._parameterNode.serverUrl)
-        except LoRISClientError as exc:
-            self.ui.trainStatusLabel.text = _("Status unavailable: {message}").format(message=exc.message)
+        except (LoRISClientError, results.ResultError) as exc:
+            message = exc.message if isinstance(exc, LoRISClientError) else str(exc)
+            self.ui.trainStatusLabel.text = _("Status unavailable: {message}").format(message=message)
             self._trainTimer.stop()
             return
         if status is None:
