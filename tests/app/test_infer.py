@@ -8,6 +8,7 @@ import SimpleITK as sitk
 from monailabel.client import MONAILabelClient
 
 from lib.data.imageio import image_size
+from lib.loris.postprocess import box_region, segment
 from tests.app.helpers import infer_json, read_png
 
 pytestmark = pytest.mark.server
@@ -75,10 +76,11 @@ def test_anomaly_map_is_float_nrrd_on_the_image_grid(server, tmp_path):
     assert image.GetSize() == (width, height) and array.dtype == np.float32
     assert image.GetOrigin() == (0.0, 0.0) and image.GetSpacing() == (1.0, 1.0)
     assert params["score"] == pytest.approx(seg_params["score"])
-    # the segmentation is the map above the pixel threshold, inside the box
+    # the segmentation is the method's post-processing of this very map: same grid, no transposition
     seg, _ = client.infer("loris", server.sample_image_id, {"box": box})
     seg = read_png(open(seg, "rb").read()).astype(bool)
-    assert not (seg & (array < params["pixel_threshold"])).any()
+    expected = segment(array, params["pixel_threshold"], box_region(box, height, width))
+    np.testing.assert_array_equal(seg, expected)
 
 
 def test_recess_detection_returns_box_params_and_box_mask(server, tmp_path):

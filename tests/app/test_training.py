@@ -1,0 +1,76 @@
+"""Training both models through POST /train: completion, refusal of a second run, hot reload, safe failures.
+
+Runs last in this folder (file order) and restores the session's tiny models afterwards,
+so that later tests find the models they expect.
+"""
+
+import hashlib
+import os
+import shutil
+import time
+
+import pytest
+import requests
+
+from tests.app.helpers import TIMEOUT, infer_json, wait_train_done
+
+pytestmark = pytest.mark.server
+
+TINY_TRAIN = {"max_epochs": 1, "quick": True, "train_batch_size": 8}
+BOX = {"box": [30, 20, 70, 44]}
+
+
+@pytest.fixture
+def restore_models(server, tmp_path):
+    backup = tmp_path / "models"
+    shutil.copytree(server.models_dir, backup)
+    yield
+    for name in ("loris", "recess_detection"):
+        target = server.models_dir / name
+        os.replace(target, tmp_path / f"{name}.trained")
+        shutil.copytree(backup / name, target)
+
+
+def _checksum(path):
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def test_training_both_models_completes_and_serves_without_restart(server, restore_models):
+    before = infer_json(server.url, "loris", server.sample_image_id, BOX).json()["model_version"]
+    started = requests.post(f"{server.url}/train/recess_detection", json=TINY_TRAIN, timeout=TIMEOUT)
+    assert started.status_code == 200, started.text
+    refused = requests.post(f"{server.url}/train/loris", json=TINY_TRAIN, timeout=TIMEOUT)
+    assert refused.status_code == 429 and "Already Running" in refused.json()["detail"]
+    status = wait_train_done(server.url)
+    assert status["status"] == "DONE", status
+    assert status["request"]["model"] == "recess_detection" and status["request"]["max_epochs"] == 1
+
+    assert requests.post(f"{server.url}/train/loris", json=TINY_TRAIN, timeout=TIMEOUT).status_code == 200
+    status = wait_train_done(server.url)
+    assert status["status"] == "DONE", status
+
+    after = infer_json(server.url, "loris", server.sample_image_id, BOX)
+    assert after.status_code == 200 and after.json()["model_version"] != before
+    stats = requests.get(f"{server.url}/info/", timeout=TIMEOUT).json()["train_stats"]
+    assert stats["loris"]["settings"]["max_epochs"] == 1 and stats["loris"]["settings"]["image_size"] == 64
+    assert stats["recess_detection"]["settings"]["max_epochs"] == 1
+    assert stats["loris"]["n_images"] > 0
+
+
+def test_failed_or_stopped_training_leaves_the_previous_model_serving(server):
+    model = server.models_dir / "loris" / "model.pt"
+    before = _checksum(model)
+    assert requests.post(f"{server.url}/train/loris", json={**TINY_TRAIN, "learning_rate": -1},
+                         timeout=TIMEOUT).status_code == 200
+    status = wait_train_done(server.url)
+    assert status["status"] == "ERROR" and any("learning_rate" in line for line in status["details"]), status
+
+    assert requests.post(f"{server.url}/train/loris", json=TINY_TRAIN, timeout=TIMEOUT).status_code == 200
+    deadline = time.time() + 60
+    while requests.get(f"{server.url}/train/", timeout=TIMEOUT).json()["status"] != "RUNNING":
+        assert time.time() < deadline, "training never started"
+        time.sleep(0.2)
+    stopped = requests.delete(f"{server.url}/train/", timeout=TIMEOUT).json()
+    assert stopped["status"] == "STOPPED"
+    assert _checksum(model) == before
+    assert infer_json(server.url, "loris", server.sample_image_id, BOX).status_code == 200
