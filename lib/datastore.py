@@ -370,14 +370,20 @@ class HardenedDatastore(LocalDatastore):
         for key in ("label", "box"):
             info.pop(key, None)  # image info carries no class/box; those belong to the label
 
-        with self._transaction() as store:
-            if image_id in store.objects:
-                raise client_error(CONFLICT, f"image {image_id!r} already exists; remove it first to replace it")
-            dest = self._image_path(image_id, ext)
-            with atomic_path(dest) as tmp:
-                shutil.copyfile(image_filename, tmp)
-            info.update({"ts": int(time.time()), "name": self._filename(image_id, ext)})
-            store.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
+        dest = None
+        try:
+            with self._transaction() as store:
+                if image_id in store.objects or os.path.exists(self._image_path(image_id, ext)):
+                    raise client_error(CONFLICT, f"image {image_id!r} already exists; remove it first to replace it")
+                with atomic_path(self._image_path(image_id, ext)) as tmp:
+                    shutil.copyfile(image_filename, tmp)
+                dest = self._image_path(image_id, ext)
+                info.update({"ts": int(time.time()), "name": self._filename(image_id, ext)})
+                store.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
+        except BaseException:
+            if dest is not None:  # the index was not written: take the copied file back out
+                Path(dest).unlink(missing_ok=True)
+            raise
         logger.info(f"Added image {image_id} ({width}x{height})")
         return image_id
 

@@ -67,11 +67,11 @@ class LorisScoring(ScoringMethod):
         device = name_to_device(request.get("device"))
         try:
             predictor = predictors.get(device)
-        except ModelError as exc:
+            metric = predictor.settings.metric
+            threshold, _ = predictor.thresholds(metric)
+        except ModelError as exc:  # not trained or not calibrated yet
             logger.warning(f"loris_scoring: {exc}")
             return {"scored": 0, "skipped": len(todo), "reason": str(exc)}
-        metric = predictor.settings.metric
-        threshold, _ = predictor.thresholds(metric)
         try:
             detector = detector_cache(self.detector_dir).get(device)
         except ModelError:

@@ -120,3 +120,15 @@ def test_no_box_and_no_detector_is_a_409_with_advice(server):
         assert response.status_code == 409
         assert "box" in response.json()["detail"] and "recess_detection" in response.json()["detail"]
         assert infer_json(server.url, "loris", server.sample_image_id, {"box": [30, 20, 70, 44]}).status_code == 200
+
+
+def test_loris_on_an_uploaded_file_needs_no_datastore_image(server):
+    import requests
+
+    data = (server.datastore / f"{server.sample_image_id}.png").read_bytes()
+    response = requests.post(f"{server.url}/infer/loris", params={"output": "json"},
+                             data={"params": '{"box": [30, 20, 70, 44]}'},
+                             files={"file": ("frame.png", data, "image/png")}, timeout=120)
+    assert response.status_code == 200, response.text
+    from_store = infer_json(server.url, "loris", server.sample_image_id, {"box": [30, 20, 70, 44]}).json()
+    assert response.json()["score"] == pytest.approx(from_store["score"])
