@@ -42,7 +42,6 @@ from lib.data.synthetic import (
     DEFAULT_DISTENDED_FRACTION,
     DEFAULT_IMAGE_SIZE,
     parse_image_size,
-    render_preview,
     write_sample_data,
 )
 from lib.errors import DataError
@@ -80,15 +79,16 @@ def main(args: argparse.Namespace) -> int:
     if not 0.0 <= args.distended_fraction <= 1.0:
         raise DataError(f"--distended-fraction must be between 0 and 1, got {args.distended_fraction}")
     start = time.perf_counter()
-    records = write_sample_data(args.out, args.patients, args.seed, size, args.distended_fraction)
+    records = write_sample_data(
+        args.out, args.patients, args.seed, size, args.distended_fraction, preview=args.preview
+    )
     elapsed = time.perf_counter() - start
     masks = sum(r.mask_path is not None for r in records)
     print(
         f"wrote {len(records)} images ({masks} masks) of {len(records) and len({r.patient_id for r in records})} "
         f"patients to {args.out} in {elapsed:.1f} s: images/, masks/, labels.csv"
     )
-    print(format_summary(summarize(records)))
     if args.preview:
-        render_preview(args.preview, seed=args.seed, image_size=size)
-        print(f"wrote preview {args.preview}")
+        print(f"wrote preview {args.preview} (sample frames of this data set with boxes and mask contours)")
+    print(format_summary(summarize(records)))
     return 0

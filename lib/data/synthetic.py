@@ -252,7 +252,7 @@ def _draw_patient(rng: np.random.Generator, distended_frames: bool) -> _Patient:
     upper = u(2.5, 6.0)
     skin = u(1.0, 1.8)
     thick_normal = bool(rng.random() < 0.3)
-    thin = float(np.clip(np.exp(rng.normal(np.log(0.8), 0.35)), 0.35, 1.6))
+    thin = float(np.clip(np.exp(rng.normal(np.log(0.85), 0.3)), 0.5, 1.5))
     if thick_normal:
         thin = u(1.3, 2.1)
     mild = bool(rng.random() < 0.3)
@@ -272,16 +272,16 @@ def _draw_patient(rng: np.random.Generator, distended_frames: bool) -> _Patient:
         depth_mm=depth,
         footprint_mm=u(38.0, 50.0),
         trapezoid=bool(rng.random() < 0.3),
-        gain_db=rng.normal(0.0, 3.0),
+        gain_db=float(np.clip(rng.normal(0.0, 3.0), -6.0, 6.0)),
         dynamic_range_db=u(48.0, 62.0),
         gamma=u(0.85, 1.2),
         tgc_points=rng.normal(0.0, 2.0, size=5),
         tgc_compensation=u(0.85, 1.0),
         focus_fraction=u(0.35, 0.7),
         noise_db=u(-66.0, -58.0),
-        psf_axial_mm=u(0.09, 0.14),
+        psf_axial_mm=u(0.07, 0.11),
         psf_lateral_mm=u(0.2, 0.32),
-        smoothing_px=u(0.3, 0.8),
+        smoothing_px=u(0.2, 0.6),
         skin_mm=skin,
         subcut_mm=subcut,
         tendon_mm=tendon,
@@ -308,7 +308,7 @@ def _draw_patient(rng: np.random.Generator, distended_frames: bool) -> _Patient:
         lens_up_fraction=u(0.65, 0.9),
         lens_max_mm=lens_max,
         mild=mild,
-        fluid_echo=u(0.05, 0.16) if hypo else u(0.012, 0.04),
+        fluid_echo=u(0.025, 0.07) if hypo else u(0.006, 0.02),
         internal_echo_density=u(0.001, 0.008) if hypo else u(0.0, 0.002),
         sediment=u(0.3, 1.0) if rng.random() < 0.25 else 0.0,
         synovitis_mm=u(0.4, 1.5) if rng.random() < 0.3 else 0.0,
@@ -395,8 +395,9 @@ def _render(p: _Patient, f: _Frame, size: tuple[int, int], distended: bool, rng:
         s = (xa - p.lens_center_x) / half
         lens = p.lens_max_mm * f.lens_scale * np.clip(1.0 - s * s, 0.0, None) ** p.lens_power
         lens = lens * (1.0 + 0.06 * prof["wall"]) * (lens > 0.05)
-    wall_top = centre - 0.5 * thin - p.lens_up_fraction * lens
-    wall_bottom = centre + 0.5 * thin + (1.0 - p.lens_up_fraction) * lens
+    extra = np.maximum(lens - thin, 0.0)  # the collection widens the thin line to the lens thickness
+    wall_top = centre - 0.5 * thin - p.lens_up_fraction * extra
+    wall_bottom = centre + 0.5 * thin + (1.0 - p.lens_up_fraction) * extra
     excess = np.maximum(0.0, wall_bottom - (femur - 1.5))  # keep >= 1.5 mm of prefemoral fat
     wall_top, wall_bottom = wall_top - excess, wall_bottom - excess
 
@@ -418,7 +419,13 @@ def _render(p: _Patient, f: _Frame, size: tuple[int, int], distended: bool, rng:
     patella = np.where(d >= 0.0, np.maximum(patella, subcut_bottom + 0.8), np.inf)
     cartilage = 2.0 * _smoothstep((xa - p.trochlea_x + 2.0) / 6.0)
 
-    Z = z[:, None]
+    # the per-pixel work below runs in float32 (half the memory traffic of float64)
+    femur, wall_top, wall_bottom, subcut_bottom, tendon_bottom, patella, cartilage, lens, thin, skin = (
+        np.asarray(a, dtype=np.float32)
+        for a in (femur, wall_top, wall_bottom, subcut_bottom, tendon_bottom, patella, cartilage, lens, thin, skin)
+    )
+    prof = {k: v.astype(np.float32) for k, v in prof.items()}
+    Z = z.astype(np.float32)[:, None]
     region_z = (Z >= 0.0) & (Z <= p.depth_mm)
     tex = p.texture
     lob = tex.sample("lobules", xa, z)
@@ -446,7 +453,7 @@ def _render(p: _Patient, f: _Frame, size: tuple[int, int], distended: bool, rng:
     fib = (0.5 + 0.5 * np.cos(2 * np.pi * phase)) ** 6
     brk = np.clip(0.35 + 0.6 * tex.sample("fiber_break", xa, z), 0.0, 1.0)
     A_t = 0.6 + p.fibrils * fib * brk + 0.2 * np.exp(0.3 * lob)
-    stripes = (Z * math.cos(p.pennate_angle) + xa * math.sin(p.pennate_angle)) / 1.1 + 0.4 * tex.sample(
+    stripes = (Z * math.cos(p.pennate_angle) + xa.astype(np.float32) * math.sin(p.pennate_angle)) / 1.1 + 0.4 * tex.sample(
         "pennate", xa, z
     )
     A_muscle = 0.28 * np.exp(0.25 * lob) + 1.6 * (0.5 + 0.5 * np.cos(2 * np.pi * stripes)) ** 10
@@ -460,14 +467,14 @@ def _render(p: _Patient, f: _Frame, size: tuple[int, int], distended: bool, rng:
     if distended:
         fluid_tex = tex.sample("fluid", xa, z)
         depth_in = np.clip((Z - wall_top) / np.maximum(wall_bottom - wall_top, 0.2), 0.0, 1.0)
-        A_fluid = p.fluid_echo * np.exp(0.5 * fluid_tex) * (1.0 + p.sediment * 2.0 * depth_in**3)
+        A_fluid = p.fluid_echo * np.exp(0.4 * fluid_tex) * (1.0 + p.sediment * 2.0 * depth_in**3)
         dots = (rng.random((height, width)) < p.internal_echo_density).astype(np.float32)
         A_fluid = A_fluid + 0.5 * dots
         if p.synovitis_mm > 0:
             syn = np.minimum(p.synovitis_mm * np.clip(0.7 + 0.6 * prof["synovium"], 0.1, None), 0.25 * lens) * (lens > 0.3)
             near_wall = (Z - wall_top < syn) | (wall_bottom - Z < syn * 0.7)
             A_fluid = np.where(near_wall, 0.3 * np.exp(0.4 * fluid_tex), A_fluid)
-        A_rec = np.where(lens[None, :] > 0.05, A_fluid, 0.035)
+        A_rec = np.where(lens[None, :] > thin[None, :], A_fluid, 0.035)
     else:
         A_rec = 0.035 * (0.5 if p.thick_normal else 1.0) * np.ones((1, width))
 
@@ -494,8 +501,8 @@ def _render(p: _Patient, f: _Frame, size: tuple[int, int], distended: bool, rng:
     # bright synovial walls (and the fat-fat interface where the recess collapses)
     wall_amp = 1.4 * np.clip(1.0 + 0.4 * prof["wall"], 0.3, None)
     sig_wall = max(0.12, 0.6 / ppm)
-    A += (wall_amp * np.exp(-(((Z - wall_top) / sig_wall) ** 2))).astype(np.float32)
-    A += (0.8 * wall_amp * np.exp(-(((Z - wall_bottom) / sig_wall) ** 2))).astype(np.float32)
+    A += (wall_amp * np.exp(-(((Z - wall_top + 1.2 * sig_wall) / sig_wall) ** 2))).astype(np.float32)
+    A += (0.8 * wall_amp * np.exp(-(((Z - wall_bottom - 1.2 * sig_wall) / sig_wall) ** 2))).astype(np.float32)
     # paratenon lines above and below the tendon
     A += (0.8 * np.exp(-(((Z - subcut_bottom) / sig_wall) ** 2))).astype(np.float32)
     A += (0.8 * np.exp(-(((Z - tendon_bottom) / sig_wall) ** 2))).astype(np.float32)
@@ -515,7 +522,7 @@ def _render(p: _Patient, f: _Frame, size: tuple[int, int], distended: bool, rng:
     focus = 2.0 * np.exp(-(((z - p.focus_fraction * p.depth_mm) / (0.25 * p.depth_mm)) ** 2))
     edge = np.abs(x_mm * ppm) - half_top
     lateral_db = -6.0 * np.exp(np.clip(edge, None, 0.0) / (1.5 * ppm))  # beam fall-off at the array ends
-    gain_db = (tgc + focus + p.gain_db + f.gain_db)[:, None] + lateral_db[None, :]
+    gain_db = ((tgc + focus + p.gain_db + f.gain_db)[:, None] + lateral_db[None, :]).astype(np.float32)
 
     tissue = 10.0 ** (-att_above / 20.0)
     noise = 10.0 ** (p.noise_db / 20.0)
@@ -531,7 +538,7 @@ def _render(p: _Patient, f: _Frame, size: tuple[int, int], distended: bool, rng:
     energy = _kernel_energy(sy) * _kernel_energy(sx)
     intensity = (real * real + imag * imag) / energy
     # spatial compounding / speckle reduction: average the intensity over about one speckle cell
-    intensity = ndimage.gaussian_filter(intensity, (0.8 * sy, 0.6 * sx), mode="nearest")
+    intensity = ndimage.gaussian_filter(intensity, (0.4 * sy, 0.8 * sx), mode="nearest")
     db = 10.0 * np.log10(intensity + 1e-12)
     gray = np.clip(db / p.dynamic_range_db + 0.62, 0.0, 1.0) ** p.gamma
     if p.smoothing_px > 0:
@@ -549,11 +556,11 @@ def _render(p: _Patient, f: _Frame, size: tuple[int, int], distended: bool, rng:
     # ---- ground truth (pixel coordinates)
     mask = None
     if distended:
-        mask = in_recess & (lens[None, :] > 0.15) & fov & ~in_patella
+        mask = in_recess & (lens[None, :] > thin[None, :] + 0.1) & fov & ~in_patella
         if not mask.any():  # the probe moved the collection out of view: keep its visible rim
             mask = in_recess & fov
     box = _annotate(p, f, rng, in_recess & fov, mask, thin, lens, ppm, fov, size)
-    recess_mm = float(np.max(thin + lens))
+    recess_mm = float(np.max(np.maximum(thin, lens)))
     return image, mask, box, recess_mm
 
 
@@ -709,6 +716,7 @@ def write_sample_data(
     images_per_patient: tuple[int, int] = DEFAULT_IMAGES_PER_PATIENT,
     *,
     overwrite: bool = True,
+    preview: str | os.PathLike | None = None,
 ) -> list[Record]:
     """Generate a data set and write it in the flat layout, all or nothing.
 
@@ -719,6 +727,9 @@ def write_sample_data(
     written and read back. An existing flat data set at ``out_dir`` is replaced
     when ``overwrite``; a non-empty folder that is not one is never touched.
 
+    With ``preview``, also saves :func:`render_preview` of frames of this very data
+    set (same names) at that path.
+
     Returns:
         The records of the written data set, pointing into ``out_dir``.
 
@@ -727,11 +738,25 @@ def write_sample_data(
     """
     from lib.data.flat import FlatItem, write_flat
 
-    items = (
-        FlatItem(item.name, item.patient_id, item.label, item.box, item.image, item.mask)
-        for item in generate(patients, seed, image_size, distended_fraction, images_per_patient)
-    )
-    return write_flat(out_dir, items, overwrite=overwrite)
+    frames = list(generate(patients, seed, image_size, distended_fraction, images_per_patient))
+    items = [FlatItem(x.name, x.patient_id, x.label, x.box, x.image, x.mask) for x in frames]
+    records = write_flat(out_dir, items, overwrite=overwrite)
+    if preview is not None:
+        render_preview(preview, items=frames)
+    return records
+
+
+def _pick_examples(items: Sequence[SyntheticImage], label: str, count: int) -> list[SyntheticImage]:
+    """Up to ``count`` frames of ``label`` from different patients, the last one borderline when there is one."""
+    firsts: dict[str, SyntheticImage] = {}
+    for item in items:
+        if item.label == label:
+            firsts.setdefault(item.patient_id, item)
+    plain = [x for x in firsts.values() if not x.borderline]
+    borderline = [x for x in firsts.values() if x.borderline]
+    chosen = plain[: count - 1] + borderline[:1]
+    chosen += [x for x in plain[count - 1 :] + borderline[1:]][: count - len(chosen)]
+    return chosen
 
 
 def render_preview(
@@ -757,19 +782,12 @@ def render_preview(
     from lib.data.atomic import atomic_path
 
     if items is None:
-        items = list(generate(patients, seed, image_size, 0.35))
-    picked: dict[str, list[SyntheticImage]] = {"normal": [], "distended": []}
-    seen: set[tuple[str, str]] = set()
-    for item in items:
-        key = (item.label, item.patient_id)
-        if key in seen or len(picked[item.label]) >= columns:
-            continue
-        seen.add(key)
-        picked[item.label].append(item)
+        items = list(generate(patients, seed, image_size, 0.4))
+    picked = {label: _pick_examples(items, label, columns) for label in ("normal", "distended")}
     rows = [r for r in ("normal", "distended") if picked[r]]
-    width, height = items[0].image.shape[1], items[0].image.shape[0]
+    height, width = items[0].image.shape
     fig, axes = plt.subplots(
-        len(rows), columns, figsize=(4.0 * columns, 4.0 * len(rows) * height / width + 0.3), squeeze=False
+        len(rows), columns, figsize=(4.0 * columns, (4.0 * height / width + 0.35) * len(rows)), squeeze=False
     )
     for r, label in enumerate(rows):
         for c in range(columns):
@@ -783,9 +801,9 @@ def render_preview(
             ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1.0))
             if item.mask is not None:
                 ax.contour(item.mask.astype(float), levels=[0.5], colors="cyan", linewidths=0.8)
-            tag = " (borderline)" if item.borderline else ""
-            ax.set_title(f"{item.name}: {label}{tag}, recess {item.recess_mm:.1f} mm", fontsize=8)
-    fig.tight_layout(pad=0.3)
+            tag = ", borderline" if item.borderline else ""
+            ax.set_title(f"{item.name}: {label}{tag}, recess {item.recess_mm:.1f} mm", fontsize=8, pad=3)
+    fig.tight_layout(pad=0.4, h_pad=0.8)
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
