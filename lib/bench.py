@@ -1,0 +1,538 @@
+"""Measure LoRIS latency and throughput, each next to the machine's own limit, in one run.
+
+``python -m lib bench [--quick] [--device cpu|cuda] [--out FILE.json] [--threads N]``
+
+Prints a table and writes the same numbers as JSON (``--out``). Everything runs
+on the same thread count (``--threads``, default: PyTorch's), the server too.
+Shared, noisy machines make absolute times drift from run to run; the ratios,
+measured in the same run, hold better.
+
+What is measured (times in milliseconds; p50/p95 over repeated requests):
+
+- ``matmul_gflops``: the machine's practical peak, a large float32 matrix
+  multiply (``--device``, same threads); median of the repeats.
+- ``unet_gflops``: achieved FLOP/s of the LoRIS network forward as the
+  predictor serves it, at batch 1 and batch 16 (``{"1": .., "16": ..}``), and
+  ``unet_ratio`` = that / ``matmul_gflops``. FLOPs are counted with
+  ``torch.utils.flop_counter.FlopCounterMode`` on the plain network
+  (convolutions; elementwise ops are not counted). ``unet_gflops_plain`` is the
+  plain ``build_network`` module in eval mode, for comparison.
+- ``forward_ms``: the network forward alone at batch 1 (masked input on the grid).
+- ``pipeline_ms``: one image end to end in-process, through
+  :func:`lib.loris.infer.run_inference` with a loaded predictor (read PNG,
+  resize, mask, reconstruct, anomaly map, score, segmentation, write
+  ``reconstruction.png``, ``anomaly_map.nrrd``, ``mask.png``, ``result.json``);
+  ``pipeline_outside_forward_share`` = ``1 - forward_ms.p50 / pipeline_ms.p50``
+  and ``pipeline_to_forward_ratio`` = ``pipeline_ms.p50 / forward_ms.p50``.
+- ``rest_ms``: the same image through a real ``monailabel start_server`` of
+  this app on 127.0.0.1 (``POST /infer/loris?image=<id>`` with the box, the
+  multipart answer received whole); ``rest_overhead_ratio`` = ``rest_ms.p50 /
+  pipeline_ms.p50``; ``server_peak_rss_mb``: the peak resident memory of the
+  server's process tree during those requests (psutil, sampled every 20 ms).
+- ``scoring_images_per_s``: the active-learning scoring method
+  (:class:`lib.activelearning.scoring.LorisScoring`, batched) over a datastore
+  of unlabelled images with stored boxes, images read from disk included.
+- ``train_images_per_s``: the real :func:`lib.loris.train.train` loop
+  (augmentation, masked forward, loss, Adam, validation loss, checkpoint),
+  epochs after the first; ``bare_train_images_per_s``: a bare PyTorch step
+  (masked forward, the same LoRIS loss, backward, Adam) of the same network and
+  batch on tensors already in memory; ``train_ratio_to_bare`` = their ratio
+  (1.0 = the training loop adds nothing).
+
+Data and model: synthetic knee-ultrasound frames (:mod:`lib.data.synthetic`,
+640 x 480 by default) in a temporary work folder (``--workdir`` keeps it); the
+model is the one the training measurement produces (a few epochs: its weights
+are meaningless, which does not change any timing; the JSON says so).
+Full run: the default ``LorisSettings`` network at 256 px. ``--quick``: the
+same network at 64 px on 160 x 128 frames, fewer repeats (CI; under 2 minutes
+on 2 cores). ``targets`` in the JSON compares the run with the project's goals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from lib.errors import DataError
+
+SCHEMA = "loris-bench/1"
+WEIGHTS_NOTE = ("model weights come from a few training epochs on synthetic frames and are meaningless; "
+                "timing does not depend on them")
+TARGETS = {
+    "rest_overhead_ratio_max": 1.3,
+    "pipeline_to_forward_ratio_max": 1.5,
+    "unet_ratio_b16_min": 0.6,
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and repeats of one bench run."""
+
+    image_size: int  # network grid side S
+    frame_size: tuple[int, int]  # synthetic frames (W, H)
+    matmul_n: int
+    matmul_repeats: int
+    unet_repeats: int
+    latency_repeats: int  # pipeline, forward and REST requests each
+    patients: int  # 4 frames each: the datastore and the scoring set
+    train_images: int
+    train_epochs: int
+    bare_steps: int
+
+
+FULL = Plan(image_size=256, frame_size=(640, 480), matmul_n=2048, matmul_repeats=7, unet_repeats=5,
+            latency_repeats=20, patients=10, train_images=16, train_epochs=3, bare_steps=4)
+QUICK = Plan(image_size=64, frame_size=(160, 128), matmul_n=1024, matmul_repeats=5, unet_repeats=3,
+             latency_repeats=5, patients=4, train_images=8, train_epochs=2, bare_steps=2)
+BATCHES = (1, 16)
+WARMUP = 2
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (CI, < 2 min on 2 cores)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON to this file")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="PyTorch threads, here and in the server (default: PyTorch's default)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="network grid side S (default 256, --quick 64)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the generated data, model and server log here (default: a temporary folder)")
+
+
+# ---------------------------------------------------------------------------------------------------- timing
+def _sync(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, repeats: int, warmup: int = WARMUP, device="cpu") -> list[float]:
+    """Milliseconds of ``repeats`` calls of ``fn()`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def percentiles(ms: list[float]) -> dict:
+    """``{"p50", "p95", "n"}`` of a list of milliseconds (linear interpolation)."""
+    arr = np.asarray(ms, dtype=np.float64)
+    return {"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)), "n": int(arr.size)}
+
+
+# ---------------------------------------------------------------------------------------------------- measurements
+def measure_matmul(n: int, repeats: int, device) -> dict:
+    """Median GFLOP/s of an ``n x n`` float32 matrix product (``2 n^3`` FLOPs)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device)
+    b = torch.randn(n, n, generator=gen).to(device)
+    ms = _timed(lambda: a @ b, repeats, device=device)
+    gflops = [2.0 * n ** 3 / (t / 1e3) / 1e9 for t in ms]
+    return {"matmul_gflops": statistics.median(gflops), "matmul_gflops_best": max(gflops), "matmul_n": n}
+
+
+def count_flops(network, x) -> int:
+    """FLOPs of one forward of ``network`` on ``x``, counted by ``torch.utils.flop_counter``."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        network(x)
+    return int(counter.get_total_flops())
+
+
+def measure_unet(plain, served, size: int, repeats: int, device) -> dict:
+    """Achieved GFLOP/s of the served and the plain network at :data:`BATCHES` (median of the repeats)."""
+    import torch
+
+    out = {"unet_flops_per_image": None, "unet_gflops": {}, "unet_gflops_plain": {}}
+    for batch in BATCHES:
+        x = torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(batch)).to(device) * 2 - 1
+        flops = count_flops(plain, x)
+        out["unet_flops_per_image"] = flops / batch
+        for key, net in (("unet_gflops", served), ("unet_gflops_plain", plain)):
+            with torch.inference_mode():
+                ms = _timed(lambda: net(x), repeats, warmup=1, device=device)
+            out[key][str(batch)] = flops / (statistics.median(ms) / 1e3) / 1e9
+    return out
+
+
+def measure_forward(predictor, image, box, repeats: int) -> dict:
+    """The served network's forward at batch 1 on the masked grid input, in milliseconds."""
+    import torch
+
+    from lib.loris import preprocess
+    from lib.loris.masking import fill_box
+
+    x, grid_boxes = preprocess.batch([image], [box], predictor.settings.image_size)
+    x = fill_box(x.to(predictor.device), grid_boxes.to(predictor.device))
+    with torch.inference_mode():
+        ms = _timed(lambda: predictor.network(x), repeats, device=predictor.device)
+    return percentiles(ms)
+
+
+def measure_pipeline(predictor, model_dir: Path, items: list, out_root: Path, repeats: int) -> dict:
+    """:func:`run_inference` end to end on the frames of ``items`` (``(image_path, box)``), cycled."""
+    from lib.loris.infer import run_inference
+
+    counter = iter(range(10 ** 9))
+
+    def one():
+        i = next(counter)
+        path, box = items[i % len(items)]
+        run_inference(model_dir, path, box, out_root / f"run{i % 4}", predictor=predictor)
+
+    return percentiles(_timed(one, repeats, device=predictor.device))
+
+
+class _RssSampler:
+    """Peak resident memory (bytes) of a process and its children, sampled in a thread every ``period`` s."""
+
+    def __init__(self, pid: int, period: float = 0.02):
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.period = period
+        self.peak = self.sample()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> int:
+        import psutil
+
+        total = 0
+        try:
+            procs = [self.root] + self.root.children(recursive=True)
+        except psutil.Error:
+            return 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.sample())
+            self._stop.wait(self.period)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.peak = max(self.peak, self.sample())
+
+
+def measure_rest(url: str, pid: int, items: list, repeats: int, device: str) -> dict:
+    """``POST /infer/loris?image=<id>`` with ``{"box": ..}`` on ``items`` (``(image_id, box)``), cycled."""
+    import requests
+
+    session = requests.Session()
+    counter = iter(range(10 ** 9))
+
+    def one():
+        image_id, box = items[next(counter) % len(items)]
+        response = session.post(f"{url}/infer/loris", params={"image": image_id},
+                                data={"params": json.dumps({"box": [int(v) for v in box], "device": device})},
+                                timeout=120)
+        if response.status_code != 200:
+            raise DataError(f"POST /infer/loris?image={image_id} answered {response.status_code}: {response.text[:500]}")
+        if not response.content:
+            raise DataError(f"POST /infer/loris?image={image_id} answered an empty body")
+
+    sampler = _RssSampler(pid)
+    idle = sampler.sample()
+    with sampler:
+        ms = _timed(one, repeats, device="cpu")
+    session.close()
+    return {"rest_ms": percentiles(ms), "server_rss_idle_mb": idle / 2 ** 20, "server_peak_rss_mb": sampler.peak / 2 ** 20}
+
+
+def measure_scoring(datastore: Path, models_dir: Path, device: str) -> dict:
+    """The ``loris_scoring`` method over every unlabelled image of ``datastore`` (model loaded beforehand)."""
+    from lib.activelearning.scoring import LorisScoring
+    from lib.datastore import HardenedDatastore
+    from lib.infers.loris import predictor_cache
+
+    scoring = LorisScoring(models_dir / "loris", models_dir / "recess_detection")
+    predictor_cache(models_dir / "loris").get(device)  # loading is not scoring
+    store = HardenedDatastore(str(datastore), auto_reload=False)
+    t0 = time.perf_counter()
+    summary = scoring({"device": device}, store)
+    seconds = time.perf_counter() - t0
+    if not summary.get("scored"):
+        raise DataError(f"scoring scored nothing: {summary}")
+    return {"scoring_images_per_s": summary["scored"] / seconds, "scoring_images": summary["scored"],
+            "scoring_batch_size": scoring.batch_size}
+
+
+def measure_training(train_records, valid_records, settings, model_dir: Path, plan: Plan, device) -> dict:
+    """The real training loop (per-epoch seconds from ``on_epoch``) and a bare PyTorch step of the same batch."""
+    import torch
+
+    from lib.loris import preprocess
+    from lib.loris.loss import LorisLoss
+    from lib.loris.masking import fill_box
+    from lib.loris.network import build_network
+    from lib.loris.train import load_images, train
+
+    epochs = []
+    summary = train(train_records, model_dir, settings, valid_records=valid_records, progress=False,
+                    on_epoch=epochs.append, device=device)
+    timed = epochs[1:] or epochs  # the first epoch warms up
+    n_train = summary["n_train"]
+    loop_ips = n_train / statistics.median(e["seconds"] for e in timed)
+
+    bs = settings.batch_size
+    images = load_images(train_records[:bs])
+    x, grid_boxes = preprocess.batch(images, [r.box for r in train_records[:bs]], settings.image_size)
+    x, grid_boxes = x.to(device), grid_boxes.to(device)
+    torch.manual_seed(settings.seed)
+    network = build_network(settings).to(device).train()
+    optimizer = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
+    loss_fn = LorisLoss(settings.ssim_win_size, settings.msgms_scales, settings.msgms_c).to(device)
+
+    def step():
+        recon = network(fill_box(x, grid_boxes))
+        loss = loss_fn(recon, x)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    ms = _timed(step, plan.bare_steps, warmup=1, device=device)
+    bare_ips = bs / (statistics.median(ms) / 1e3)
+    return {
+        "train_images_per_s": loop_ips,
+        "bare_train_images_per_s": bare_ips,
+        "train_ratio_to_bare": loop_ips / bare_ips,
+        "train_batch_size": bs,
+        "train_images": n_train,
+        "train_epochs_timed": len(timed),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- setup
+def machine_info(device) -> dict:
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "load_average_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def make_data(work: Path, plan: Plan):
+    """Synthetic frames in the flat layout and a datastore of the same frames imported unlabelled (boxes kept)."""
+    from lib.data.datastore import write_datastore
+    from lib.data.synthetic import write_sample_data
+
+    records = write_sample_data(work / "flat", patients=plan.patients, seed=0, image_size=plan.frame_size,
+                                images_per_patient=(4, 4))
+    unlabelled = [replace(r, label=None, mask_path=None) for r in records]
+    write_datastore(unlabelled, work / "datastore", mode="create", description="LoRIS bench")
+    return records
+
+
+def split_for_training(records, plan: Plan):
+    normal = [r for r in records if r.label == "normal"]
+    if len(normal) < plan.train_images + 2:
+        raise DataError(f"bench data: {len(normal)} normal frames, need {plan.train_images + 2}")
+    train_records = normal[:plan.train_images]
+    rest = [r for r in records if r not in train_records]
+    valid = [r for r in rest if r.label == "normal"][:4] + [r for r in rest if r.label == "distended"][:2]
+    return train_records, valid
+
+
+def check_targets(res: dict) -> dict:
+    return {
+        "rest_overhead_ratio": {"value": res["rest_overhead_ratio"], "max": TARGETS["rest_overhead_ratio_max"],
+                                "met": res["rest_overhead_ratio"] <= TARGETS["rest_overhead_ratio_max"]},
+        "pipeline_to_forward_ratio": {"value": res["pipeline_to_forward_ratio"],
+                                      "max": TARGETS["pipeline_to_forward_ratio_max"],
+                                      "met": res["pipeline_to_forward_ratio"] <= TARGETS["pipeline_to_forward_ratio_max"]},
+        "unet_ratio_b16": {"value": res["unet_ratio"]["16"], "min": TARGETS["unet_ratio_b16_min"],
+                           "met": res["unet_ratio"]["16"] >= TARGETS["unet_ratio_b16_min"]},
+    }
+
+
+def run(plan: Plan, device: str, work: Path, threads: int | None = None, log=print) -> dict:
+    """Every measurement of the module docstring, in one run; returns the JSON-ready result."""
+    import torch
+
+    from lib.loris.infer import LorisPredictor, resolve_device
+    from lib.loris.model_files import load_model
+    from lib.loris.network import build_network
+    from lib.loris.settings import LorisSettings
+    from lib.server_process import QUIET_ENV, start_server
+
+    dev = resolve_device(device)
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    threads = torch.get_num_threads()
+    started = time.monotonic()
+    res: dict = {"schema": SCHEMA, "quick": plan is QUICK, "device": str(dev), "threads": threads,
+                 "machine": machine_info(dev), "note": WEIGHTS_NOTE}
+    settings = LorisSettings(image_size=plan.image_size, max_epochs=plan.train_epochs,
+                             patience=plan.train_epochs + 1, seed=0)
+    res["settings"] = {k: settings.to_dict()[k] for k in ("image_size", "channels", "strides", "num_res_units",
+                                                           "norm", "metric", "batch_size")}
+    res["frame_size"] = list(plan.frame_size)
+
+    log("machine limit: float32 matmul ...")
+    res.update(measure_matmul(plan.matmul_n, plan.matmul_repeats, dev))
+
+    log("data: synthetic frames and a datastore ...")
+    records = make_data(work, plan)
+    train_records, valid_records = split_for_training(records, plan)
+    models_dir = work / "models"
+
+    log(f"training loop: {len(train_records)} images x {plan.train_epochs} epochs, and a bare step ...")
+    res.update(measure_training(train_records, valid_records, settings, models_dir / "loris", plan, dev))
+
+    model_dir = models_dir / "loris"
+    predictor = LorisPredictor.load(model_dir, dev)
+    plain = build_network(predictor.settings).to(dev).eval()
+    plain.load_state_dict(load_model(model_dir).state_dict)
+    log("network forward: FLOPs and FLOP/s at batch 1 and 16 ...")
+    res.update(measure_unet(plain, predictor.network, plan.image_size, plan.unet_repeats, dev))
+    res["unet_ratio"] = {b: g / res["matmul_gflops"] for b, g in res["unet_gflops"].items()}
+    res["unet_ratio_plain"] = {b: g / res["matmul_gflops"] for b, g in res["unet_gflops_plain"].items()}
+
+    items = [(r.image, r.box) for r in records][:8]
+    files = [(work / "datastore" / f"{image}.png", box) for image, box in items]
+    log("one image in-process: forward alone and the whole pipeline ...")
+    from lib.data.imageio import read_image
+
+    res["forward_ms"] = measure_forward(predictor, read_image(files[0][0]), files[0][1], plan.latency_repeats)
+    res["pipeline_ms"] = measure_pipeline(predictor, model_dir, files, work / "pipeline", plan.latency_repeats)
+    res["pipeline_to_forward_ratio"] = res["pipeline_ms"]["p50"] / res["forward_ms"]["p50"]
+    res["pipeline_outside_forward_share"] = 1.0 - res["forward_ms"]["p50"] / res["pipeline_ms"]["p50"]
+
+    log("active-learning scoring over the datastore ...")
+    res.update(measure_scoring(work / "datastore", models_dir, str(dev)))
+
+    log("MONAI Label server: start, POST /infer/loris, memory ...")
+    env = {**QUIET_ENV, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "MONAI_LABEL_SESSION_PATH": str(work / "sessions")}
+    server = start_server(studies=work / "datastore", conf={"models_dir": str(models_dir)}, env=env,
+                          log_path=work / "server.log")
+    with server:
+        res["server_start_s"] = server.started_s
+        res.update(measure_rest(server.url, server.pid, items, plan.latency_repeats, str(dev)))
+    res["rest_overhead_ratio"] = res["rest_ms"]["p50"] / res["pipeline_ms"]["p50"]
+    res["targets"] = check_targets(res)
+    res["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    res["seconds"] = time.monotonic() - started
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------- output
+def format_table(res: dict) -> str:
+    """The human-readable table of a result dict."""
+    m = res["machine"]
+    rows = [
+        ("matmul_gflops", f"{res['matmul_gflops']:.1f}", f"float32 {res['matmul_n']}^2, best {res['matmul_gflops_best']:.1f}"),
+    ]
+    for b in res["unet_gflops"]:
+        rows.append((f"unet_gflops (batch {b})", f"{res['unet_gflops'][b]:.1f}",
+                     f"{res['unet_ratio'][b]:.0%} of matmul; plain module {res['unet_gflops_plain'][b]:.1f}"
+                     f" ({res['unet_ratio_plain'][b]:.0%})"))
+    rows += [
+        ("unet GFLOP per image", f"{res['unet_flops_per_image'] / 1e9:.2f}", f"{res['settings']['image_size']} px"),
+        ("forward_ms p50 / p95", f"{res['forward_ms']['p50']:.1f} / {res['forward_ms']['p95']:.1f}", "batch 1"),
+        ("pipeline_ms p50 / p95", f"{res['pipeline_ms']['p50']:.1f} / {res['pipeline_ms']['p95']:.1f}",
+         f"{res['pipeline_to_forward_ratio']:.2f} x forward; {res['pipeline_outside_forward_share']:.0%} outside it"),
+        ("rest_ms p50 / p95", f"{res['rest_ms']['p50']:.1f} / {res['rest_ms']['p95']:.1f}",
+         f"rest_overhead_ratio {res['rest_overhead_ratio']:.2f}"),
+        ("server_peak_rss_mb", f"{res['server_peak_rss_mb']:.0f}", f"idle {res['server_rss_idle_mb']:.0f}"),
+        ("scoring_images_per_s", f"{res['scoring_images_per_s']:.2f}",
+         f"{res['scoring_images']} images, batch {res['scoring_batch_size']}"),
+        ("train_images_per_s", f"{res['train_images_per_s']:.2f}",
+         f"bare step {res['bare_train_images_per_s']:.2f}; ratio {res['train_ratio_to_bare']:.2f}"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    vwidth = max(len(r[1]) for r in rows)
+    lines = [f"LoRIS bench ({'quick' if res['quick'] else 'full'}) on {res['device']}, {res['threads']} threads; "
+             f"{m.get('gpu') or m['cpu']}, {m['usable_cpus']} usable CPUs, load {m['load_average_start'][0]:.1f}"
+             f" -> {m['load_average_end'][0]:.1f}",
+             f"{res['frame_size'][0]}x{res['frame_size'][1]} frames, network {res['settings']['channels']} at "
+             f"{res['settings']['image_size']} px; {res['note']}", ""]
+    lines += [f"{name:<{width}}  {value:>{vwidth}}  {note}" for name, value, note in rows]
+    lines.append("")
+    for name, t in res["targets"].items():
+        bound = f"<= {t['max']}" if "max" in t else f">= {t['min']}"
+        lines.append(f"target {name} {bound}: {t['value']:.2f} {'met' if t['met'] else 'NOT met'}")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    plan = QUICK if args.quick else FULL
+    if args.image_size is not None:
+        plan = replace(plan, image_size=int(args.image_size))
+    if args.threads is not None and args.threads < 1:
+        raise DataError(f"--threads must be at least 1, got {args.threads}")
+    if args.workdir is not None:
+        work = Path(args.workdir)
+        if work.exists() and any(work.iterdir()):
+            raise DataError(f"--workdir {work}: the folder is not empty; give a new or empty folder")
+        work.mkdir(parents=True, exist_ok=True)
+        cleanup = False
+    else:
+        work = Path(tempfile.mkdtemp(prefix="loris-bench-"))
+        cleanup = True
+    try:
+        res = run(plan, args.device, work, args.threads, log=lambda msg: print(msg, flush=True))
+    finally:
+        if cleanup:
+            shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(format_table(res))
+    if args.out is not None:
+        from lib.data.atomic import write_json
+
+        write_json(args.out, res)
+        print(f"\nwrote {args.out}")
+    return 0
