@@ -1,6 +1,7 @@
 """Generate synthetic longitudinal knee-ultrasound frames with ground truth, in the flat layout.
 
-Writes, all or nothing (an existing OUT is replaced only when everything is written):
+Writes, all or nothing (an existing flat data set at OUT is replaced only once everything
+is written; a non-empty OUT that is not a flat data set is refused):
 
   OUT/images/<name>.png   8-bit grayscale B-mode frames (default 640x480, W x H)
   OUT/masks/<name>.png    0/255 mask of the fluid, distended frames only
@@ -48,9 +49,16 @@ from lib.errors import DataError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, type=Path, help="output folder (replaced if it exists)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output folder; an existing flat data set there is replaced, any other non-empty folder is refused",
+    )
     parser.add_argument("--patients", type=int, default=10, help="number of patients, 4-6 frames each (default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same data (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed; the same seed gives the same data (default %(default)s)"
+    )
     parser.add_argument(
         "--image-size",
         default="{}x{}".format(*DEFAULT_IMAGE_SIZE),

@@ -167,6 +167,18 @@ def test_sample_data_command_rejects_bad_arguments(tmp_path, capsys):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_an_unrelated_folder_is_never_replaced(tmp_path):
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "thesis.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not a flat dataset"):
+        write_sample_data(out, patients=1, image_size=SMALL)
+    assert (out / "thesis.txt").read_text() == "keep me"
+    write_sample_data(tmp_path / "s", patients=1, image_size=SMALL)
+    again = write_sample_data(tmp_path / "s", patients=2, image_size=SMALL)  # a sample data set is replaced
+    assert len(list((tmp_path / "s" / "images").glob("*.png"))) == len(again)
+
+
 def test_a_failure_while_writing_leaves_nothing_behind(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = synthetic._render
