@@ -344,7 +344,15 @@ def _draw_patient(rng: np.random.Generator, distended_frames: bool) -> _Patient:
 
 @dataclass
 class _Frame:
-    """The per-frame probe placement (mm, dB)."""
+    """The per-frame probe placement.
+
+    Attributes:
+        shift_mm: lateral probe shift (anatomy moves by this many mm).
+        pressure: thickness factor of the compressible layers (subcutaneous fat, thin recess); < 1 = pressed.
+        tilt: added slope of all layers, mm of depth per mm across.
+        gain_db: gain change from the patient's setting.
+        lens_scale: size factor of a distended collection (fluid moves with pressure and position).
+    """
 
     shift_mm: float
     pressure: float
