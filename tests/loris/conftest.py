@@ -43,7 +43,8 @@ def make_image(rng: np.random.Generator, distended: bool, size: int = 64):
     return np.clip(image, 0, 1).astype(np.float32), (x0, y0, x0 + bw, y0 + bh), mask
 
 
-def make_records(folder: Path, n_normal: int, n_distended: int, seed: int = 0, patients: int = 6) -> list[Record]:
+def make_records(folder: Path, n_normal: int, n_distended: int, seed: int = 0, patients: int = 6,
+                 prefix: str = "img") -> list[Record]:
     """Write images (and masks of distended ones) under ``folder`` and return their records."""
     rng = np.random.default_rng(seed)
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -52,12 +53,12 @@ def make_records(folder: Path, n_normal: int, n_distended: int, seed: int = 0, p
     for i in range(n_normal + n_distended):
         distended = i >= n_normal
         image, box, mask = make_image(rng, distended)
-        name = f"img{i:03d}"
+        name = f"{prefix}{i:03d}"
         write_png(folder / "images" / f"{name}.png", image)
         mask_path = None
         if distended:
             mask_path = folder / "masks" / f"{name}.png"
             write_png(mask_path, mask)
-        records.append(Record(image=name, image_path=folder / "images" / f"{name}.png", patient_id=f"p{i % patients}",
+        records.append(Record(image=name, image_path=folder / "images" / f"{name}.png", patient_id=f"{prefix}p{i % patients}",
                               label="distended" if distended else "normal", box=box, mask_path=mask_path))
     return records
