@@ -159,3 +159,20 @@ def test_bad_image_is_a_clear_error(trained):
     detector = RecessDetector.load(trained[0])
     with pytest.raises(DataError, match="2D grayscale"):
         detector.detect(np.zeros((4, 5, 3), np.float32))
+
+
+@pytest.mark.slow
+def test_train_detector_command_reads_a_dataset_folder_and_writes_a_loadable_model(tiny_records, tmp_path):
+    from lib.data.flat import write_flat
+
+    data = tmp_path / "data"
+    write_flat(data, tiny_records)
+    out = subprocess.run(
+        [sys.executable, "-m", "lib", "train-detector", "--data", str(data), "--out", str(tmp_path / "model"),
+         "--epochs", "1", "--image-size", "64", "--threads", "1", "--no-progress"],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["epochs_run"] == 1 and summary["best_epoch"] == 0
+    assert RecessDetector.load(tmp_path / "model").settings.image_size == 64
