@@ -106,7 +106,7 @@ def load_model(model_dir: str | os.PathLike) -> ModelBundle:
     settings = None
     if not problems:
         try:
-            settings = LorisSettings.from_dict(data["settings"], where=f"{path}: settings")
+            settings = LorisSettings.from_dict(data["settings"], where="settings")
         except DataError as exc:
             problems.append(str(exc))
     if problems:

@@ -116,6 +116,18 @@ def test_should_stop_ends_training_and_still_saves_the_best_model(data, tmp_path
     assert load_model(tmp_path / "m").calibration
 
 
+@pytest.mark.parametrize("mode", ["autoencoder", "riad"])
+def test_baseline_modes_train_and_predict(data, tmp_path, mode):
+    summary = train(data["train"], tmp_path / "m", tiny(max_epochs=1, mode=mode), valid_records=data["valid"],
+                    progress=False)
+    assert summary["epochs_run"] == 1
+    predictor = LorisPredictor.load(tmp_path / "m")
+    assert predictor.settings.mode == mode
+    r = data["test"][0]
+    scores = predictor.score_batch([read_image(r.image_path)] * 2, [r.box] * 2, ("msgmsd", "dd"))
+    assert scores["msgmsd"][0] == scores["msgmsd"][1]  # RIAD's random masks are seeded: same image, same score
+
+
 def test_no_normal_training_image_is_a_clear_error(data, tmp_path):
     distended = [r for r in data["train"] if r.label == "distended"]
     with pytest.raises(DataError, match="no normal image with a box"):
