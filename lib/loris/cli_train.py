@@ -23,7 +23,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from lib.loris.settings import METRICS, MODES, POOLINGS, LorisSettings

@@ -25,15 +25,14 @@ import torch
 from lib.data.atomic import atomic_path, write_json
 from lib.data.imageio import read_image, write_png
 from lib.data.records import Box, validate_box
-from lib.errors import DataError, NotTrainedError
+from lib.errors import DataError, ModelError, NotTrainedError
 from lib.loris import preprocess
-from lib.loris.anomaly import METRICS, anomaly_maps, check_metric
+from lib.loris.anomaly import anomaly_maps, check_metric
 from lib.loris.model_files import load_model
 from lib.loris.network import build_network
 from lib.loris.postprocess import box_region, box_scores, segment
 from lib.loris.reconstruction import reconstruct
 from lib.loris.settings import LorisSettings
-from lib.errors import ModelError
 
 OUTPUT_FILES = {
     "reconstruction": "reconstruction.png",

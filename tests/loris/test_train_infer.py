@@ -20,7 +20,9 @@ from lib.loris.model_files import CHECKPOINT_FILE, load_model
 from lib.loris.settings import LorisSettings
 from lib.loris.train import train
 
-from conftest import make_records
+from loris_fixtures import make_records
+
+pytestmark = pytest.mark.slow  # trains models (tiny sizes, about 15 s in all)
 
 
 def tiny(**changes):
@@ -44,11 +46,13 @@ def data(tmp_path_factory):
 def trained(data):
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     epochs = []
     settings = LorisSettings.quick(max_epochs=30, patience=30, learning_rate=2e-3, seed=0)
     summary = train(data["train"], data["root"] / "model", settings, valid_records=data["valid"], progress=False,
                     on_epoch=epochs.append)
+    torch.set_num_threads(threads)
     return summary, epochs
 
 
