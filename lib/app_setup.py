@@ -87,9 +87,8 @@ def train_missing(datastore: Path, models_dir: Path, *, request: dict | None = N
             continue
         print(f"training {name} on {len(records)} labelled images ...", flush=True)
         started = time.time()
-        if settings is not None:
-            trainer.settings_for = lambda _request, s=settings: s
-        trainer.train(0, 1, {"quick": True, **(request or {}), "device": device, "run_id": "setup"}, records)
+        settings = settings or trainer.settings_for({"quick": True, **(request or {})})
+        trainer.publish(records, settings, device, run_id="setup")
         print(f"{name} trained in {time.time() - started:.0f} s -> {trainer.target}", flush=True)
         trained.append(name)
     return trained

@@ -160,17 +160,23 @@ class CoreTrainTask(BasicTrainTask):
     def train(self, rank, world_size, request, datalist):
         if rank != 0:
             return {}
-        started = time.time()
         settings = self.settings_for(request)
-        records = list(datalist)
+        return self.publish(list(datalist), settings, str(request.get("device", "cpu")), request.get("run_id"))
+
+    def publish(self, records: list[Record], settings, device: str = "cpu", run_id: str | None = None) -> dict:
+        """Train on ``records`` into a temporary folder and swap it in as the model directory; return the stats.
+
+        Also writes ``train_stats.json`` (what ``/info`` shows as ``train_stats``) into the new model directory.
+        """
+        started = time.time()
         logger.info(f"{self.target.name}: training on {len(records)} labelled images with {settings}")
         for stale in self.target.parent.glob(f".{self.target.name}.*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
         with atomic_dir(self.target) as tmp:
-            summary = self.run(records, tmp, settings, str(request.get("device", "cpu")))
+            summary = self.run(records, tmp, settings, device)
             stats = {
                 "model": self.target.name,
-                "run_id": request.get("run_id"),
+                "run_id": run_id,
                 "start_ts": int(started),
                 "total_time": round(time.time() - started, 1),
                 "n_images": len(records),

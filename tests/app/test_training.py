@@ -36,7 +36,9 @@ def _checksum(path):
 
 
 def test_training_both_models_completes_and_serves_without_restart(server, restore_models):
-    before = infer_json(server.url, "loris", server.sample_image_id, BOX).json()["model_version"]
+    first = infer_json(server.url, "loris", server.sample_image_id, BOX)
+    assert first.status_code == 200, first.text
+    before = first.json()["model_version"]
     started = requests.post(f"{server.url}/train/recess_detection", json=TINY_TRAIN, timeout=TIMEOUT)
     assert started.status_code == 200, started.text
     refused = requests.post(f"{server.url}/train/loris", json=TINY_TRAIN, timeout=TIMEOUT)
