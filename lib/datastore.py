@@ -437,6 +437,12 @@ class HardenedDatastore(LocalDatastore):
             raise client_error(BAD_REQUEST, f"image info for {image_id!r}: expected a JSON object")
         if "patient_id" in info and not isinstance(info["patient_id"], (str, int)):
             raise client_error(BAD_REQUEST, f"image info for {image_id!r}: patient_id must be text")
+        if info.get("box") is not None:  # the recess box of an unlabelled image (scoring uses it)
+            width, height = self._image_size(image_id)
+            try:
+                info = {**info, "box": list(validate_box(info["box"], width, height, "info.box"))}
+            except DataError as exc:
+                raise _user_error(DataError(f"image info for {image_id!r}: {exc}")) from None
         with self._transaction() as store:
             obj = store.objects.get(image_id)
             if obj is None:

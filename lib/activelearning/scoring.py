@@ -82,28 +82,30 @@ class LorisScoring(ScoringMethod):
         for start in range(0, len(todo), batch_size):
             ids, images, boxes, sources = [], [], [], []
             for image_id in todo[start:start + batch_size]:
-                info = datastore.get_image_info(image_id)
                 try:
                     image = read_image(datastore.get_image_uri(image_id))
-                    box, source = info.get("box"), "image_info"
+                    box = datastore.get_image_info(image_id).get("box")
                     if box is not None:
                         box = validate_box(box, image.shape[1], image.shape[0], f"image {image_id!r} info box")
-                    elif detector is not None:
-                        found = detector.detect(image)
-                        box, source = (found.box, "detector") if found is not None else (None, None)
                 except LorisError as exc:
                     logger.warning(f"loris_scoring: skipping {image_id}: {exc}")
-                    box = None
-                if box is None:
                     skipped += 1
                     continue
                 ids.append(image_id)
                 images.append(image)
-                boxes.append(tuple(box))
-                sources.append(source)
+                boxes.append(box)
+                sources.append("image_info" if box is not None else None)
+            need = [i for i, box in enumerate(boxes) if box is None]
+            if need and detector is not None:
+                for i, found in zip(need, detector.detect_batch([images[i] for i in need], batch_size=batch_size)):
+                    if found is not None:
+                        boxes[i], sources[i] = found.box, "detector"
+            keep = [i for i, box in enumerate(boxes) if box is not None]
+            skipped += len(ids) - len(keep)
+            ids, images, boxes, sources = ([seq[i] for i in keep] for seq in (ids, images, boxes, sources))
             if not ids:
                 continue
-            scores = predictor.score_batch(images, boxes, (metric,), batch_size=batch_size)[metric]
+            scores = predictor.score_batch(images, [tuple(b) for b in boxes], (metric,), batch_size=batch_size)[metric]
             now = int(time.time())
             infos = {
                 image_id: {INFO_KEY: {

@@ -61,3 +61,16 @@ def test_strategies_serve_unlabelled_images_in_the_documented_order(server, tmp_
     assert answer["id"] == most and answer["score"] == pytest.approx(scores[most]["score"])
     assert client.next_sample("loris_uncertain", {})["id"] == uncertain
     assert client.next_sample("random", {})["id"] in scores
+
+
+def test_scoring_uses_the_box_stored_in_the_image_info(server):
+    image_id = server.unlabelled_ids[-1]
+    info = '{"loris": {}, "box": [20, 10, 60, 30]}'
+    requests.put(f"{server.url}/datastore/image/info", params={"image": image_id}, data={"info": info},
+                 timeout=TIMEOUT).raise_for_status()
+    requests.post(f"{server.url}/scoring/loris_scoring", params={"run_sync": "true"}, timeout=TIMEOUT).raise_for_status()
+    scored = _infos(server, [image_id])[image_id]["loris"]
+    assert scored["box"] == [20, 10, 60, 30] and scored["box_source"] == "image_info"
+    bad = requests.put(f"{server.url}/datastore/image/info", params={"image": image_id},
+                       data={"info": '{"box": [20, 10, 600, 30]}'}, timeout=TIMEOUT)
+    assert bad.status_code == 400 and "box" in bad.json()["detail"]
