@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="holds datastore/ and models/")
     parser.add_argument("--datastore", type=Path, default=None, help="datastore folder (default WORKDIR/datastore)")
     parser.add_argument("--models", type=Path, default=None, help="models folder (default WORKDIR/models)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda, for the first-run training")
+    parser.add_argument("--device", default=None, help="cpu or cuda for the first-run training (default: cuda if available)")
     parser.add_argument("--host", default="127.0.0.1", help="server address (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--no-server", action="store_true", help="set up only; do not start the server")
@@ -128,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from lib.errors import LorisError
 
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     datastore = args.datastore or args.workdir / "datastore"
     models_dir = args.models or args.workdir / "models"
     try:
