@@ -11,7 +11,8 @@ its settings and calibration, in MODEL_DIR/model.pt (model.json is a readable
 copy); MODEL_DIR/checkpoint_last.pt allows --resume.
 
 Defaults are the paper's (256 px, Adam 1e-4, batch 4, 1000 epochs, patience
-50); --quick is a CPU demo preset (64 px, small UNet, 40 epochs).
+50); --quick is a CPU demo preset (128 px, small UNet, 100 epochs, about
+two minutes on two CPU cores for the sample data).
 
 Examples:
   python -m lib sample-data --out data/sample
@@ -31,12 +32,12 @@ from lib.loris.settings import METRICS, MODES, POOLINGS, LorisSettings
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, metavar="DIR", help="data set folder (flat, reference or datastore)")
     parser.add_argument("--out", required=True, type=Path, metavar="MODEL_DIR", help="model directory to write")
-    parser.add_argument("--quick", action="store_true", help="CPU demo preset: 64 px, small UNet, Adam 2e-3, 40 epochs, patience 10")
-    parser.add_argument("--epochs", type=int, metavar="N", help="maximum epochs (default 1000; quick 40)")
-    parser.add_argument("--patience", type=int, metavar="P", help="early-stopping patience in epochs (default 50; quick 10)")
+    parser.add_argument("--quick", action="store_true", help="CPU demo preset: 128 px, small UNet, Adam 2e-3, 100 epochs, patience 25")
+    parser.add_argument("--epochs", type=int, metavar="N", help="maximum epochs (default 1000; quick 100)")
+    parser.add_argument("--patience", type=int, metavar="P", help="early-stopping patience in epochs (default 50; quick 25)")
     parser.add_argument("--batch-size", type=int, metavar="B", help="mini-batch size (default 4)")
     parser.add_argument("--lr", type=float, metavar="LR", help="Adam learning rate (default 1e-4; quick 2e-3)")
-    parser.add_argument("--image-size", type=int, metavar="S", help="network grid side in pixels (default 256; quick 64)")
+    parser.add_argument("--image-size", type=int, metavar="S", help="network grid side in pixels (default 256; quick 128)")
     parser.add_argument("--metric", choices=METRICS, help="default anomaly-map metric of the model (default msgmsd)")
     parser.add_argument("--pooling", choices=POOLINGS, help="image score pooling in the box (default mean, paper)")
     parser.add_argument("--mode", choices=MODES, help="network input: loris (box mask, default), autoencoder, riad")

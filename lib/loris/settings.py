@@ -98,18 +98,18 @@ class LorisSettings:
 
     @classmethod
     def quick(cls, **overrides) -> "LorisSettings":
-        """A CPU demo preset: 64 px, a small UNet, Adam 2e-3, 40 epochs, patience 10.
+        """A CPU demo preset: 128 px, a small UNet, Adam 2e-3, 100 epochs, patience 25.
 
-        About a minute on two CPU cores for the sample data; enough for the mechanics
-        and for easy data, not the paper's configuration (see lib/loris/README.md).
+        About two minutes on two CPU cores for the sample data (``python -m lib sample-data``);
+        not the paper's configuration (see lib/loris/README.md for what it reaches).
         """
         base = dict(
-            image_size=64,
-            channels=(16, 32, 64, 128),
-            strides=(2, 2, 2),
+            image_size=128,
+            channels=(16, 32, 64, 128, 128),
+            strides=(2, 2, 2, 2),
             num_res_units=1,
-            max_epochs=40,
-            patience=10,
+            max_epochs=100,
+            patience=25,
             learning_rate=2e-3,
             ssim_win_size=7,
         )

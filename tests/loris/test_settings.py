@@ -14,7 +14,7 @@ def test_defaults_are_the_papers():
 
 def test_quick_preset_is_small_and_overridable():
     s = LorisSettings.quick(max_epochs=3)
-    assert s.image_size == 64 and s.max_epochs == 3 and len(s.channels) == len(s.strides) + 1
+    assert s.image_size == 128 and s.max_epochs == 3 and len(s.channels) == len(s.strides) + 1
 
 
 def test_dict_round_trip():

@@ -1,6 +1,6 @@
 """Training, calibration, the predictor, run_inference and the two commands, on a tiny generated set.
 
-One model with the quick preset (64 px, 30 epochs, one thread) is trained once per module and shared;
+One model with a reduced quick preset (64 px, 30 epochs, one thread) is trained once per module and shared;
 the tests of the training mechanics (resume, cancel, commands) train a 32 px model for 2-3 epochs.
 """
 
@@ -49,7 +49,8 @@ def trained(data):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     epochs = []
-    settings = LorisSettings.quick(max_epochs=30, patience=30, learning_rate=2e-3, seed=0)
+    settings = LorisSettings.quick(image_size=64, channels=(16, 32, 64, 128), strides=(2, 2, 2), max_epochs=30,
+                                   patience=30, seed=0)
     summary = train(data["train"], data["root"] / "model", settings, valid_records=data["valid"], progress=False,
                     on_epoch=epochs.append)
     torch.set_num_threads(threads)
