@@ -54,7 +54,10 @@ def test_training_both_models_completes_and_serves_without_restart(server, resto
     after = infer_json(server.url, "loris", server.sample_image_id, BOX)
     assert after.status_code == 200 and after.json()["model_version"] != before
     stats = requests.get(f"{server.url}/info/", timeout=TIMEOUT).json()["train_stats"]
-    assert stats["loris"]["settings"]["max_epochs"] == 1 and stats["loris"]["settings"]["image_size"] == 64
+    from lib.loris.settings import LorisSettings
+
+    assert stats["loris"]["settings"]["max_epochs"] == 1  # the request
+    assert stats["loris"]["settings"]["image_size"] == LorisSettings.quick().image_size  # the quick preset
     assert stats["recess_detection"]["settings"]["max_epochs"] == 1
     assert stats["loris"]["n_images"] > 0
 
