@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from lib.__main__ import main as cli
 from lib.data.imageio import read_image, write_png
 from lib.detection.cli_detect import detect_file
 from lib.detection.infer import Detection, RecessDetector
@@ -89,7 +87,7 @@ def test_blank_image_gives_nothing_found_not_a_crash(trained, tiny_records):
     assert found[0] is None and isinstance(found[1], Detection) and found[2] is None
 
 
-def test_detect_command_answers_json_found_and_not_found(trained, tiny_records, tmp_path):
+def test_detect_command_answers_json_found_and_not_found(trained, tiny_records, tmp_path, capsys):
     model_dir, _, _ = trained
     found = detect_file(model_dir, tiny_records[1].image_path, threshold=0.0)
     assert found["found"] is True and len(found["box"]) == 4 and isinstance(found["confidence"], float)
@@ -99,11 +97,10 @@ def test_detect_command_answers_json_found_and_not_found(trained, tiny_records, 
     assert "blank" in missing["message"]
     unsure = detect_file(model_dir, tiny_records[1].image_path, threshold=1.0)
     assert unsure["found"] is False and "confidence >= 1" in unsure["message"]
-    out = subprocess.run(
-        [sys.executable, "-m", "lib", "detect", "--model", str(model_dir), "--image", str(tmp_path / "blank.png")],
-        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2],
-    )
-    assert json.loads(out.stdout) == missing
+    assert cli(["detect", "--model", str(model_dir), "--image", str(tmp_path / "blank.png")]) == 0
+    assert json.loads(capsys.readouterr().out) == missing
+    assert cli(["detect", "--model", str(tmp_path / "absent"), "--image", str(tmp_path / "blank.png")]) == 2
+    assert "no such detector model directory" in capsys.readouterr().err
 
 
 def test_detection_metrics_cover_normal_and_distended_records(trained, tiny_records):
@@ -161,18 +158,14 @@ def test_bad_image_is_a_clear_error(trained):
         detector.detect(np.zeros((4, 5, 3), np.float32))
 
 
-@pytest.mark.slow
-def test_train_detector_command_reads_a_dataset_folder_and_writes_a_loadable_model(tiny_records, tmp_path):
+def test_train_detector_command_reads_a_dataset_folder_and_writes_a_loadable_model(tiny_records, tmp_path, capsys):
     from lib.data.flat import write_flat
 
     data = tmp_path / "data"
     write_flat(data, tiny_records)
-    out = subprocess.run(
-        [sys.executable, "-m", "lib", "train-detector", "--data", str(data), "--out", str(tmp_path / "model"),
-         "--epochs", "1", "--image-size", "64", "--threads", "1", "--no-progress"],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2],
-    )
-    assert out.returncode == 0, out.stderr
-    summary = json.loads(out.stdout)
+    rc = cli(["train-detector", "--data", str(data), "--out", str(tmp_path / "model"), "--epochs", "1",
+              "--image-size", "64", "--threads", "1", "--no-progress"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
     assert summary["epochs_run"] == 1 and summary["best_epoch"] == 0
     assert RecessDetector.load(tmp_path / "model").settings.image_size == 64
