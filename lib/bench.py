@@ -120,17 +120,23 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn, repeats: int, warmup: int = WARMUP, device="cpu") -> list[float]:
-    """Milliseconds of ``repeats`` calls of ``fn()`` after ``warmup`` untimed calls."""
+def interleaved(tasks: dict, repeats: int, warmup: int = WARMUP, device="cpu") -> dict[str, list[float]]:
+    """Milliseconds of each ``tasks[name]()``, run round-robin (a, b, c, a, b, c, ...) after ``warmup`` rounds.
+
+    Round-robin makes every task see the same background load, so that ratios between them hold on a
+    shared machine even when absolute times drift.
+    """
     for _ in range(warmup):
-        fn()
+        for fn in tasks.values():
+            fn()
     _sync(device)
-    out = []
+    out = {name: [] for name in tasks}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        out.append((time.perf_counter() - t0) * 1e3)
+        for name, fn in tasks.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            out[name].append((time.perf_counter() - t0) * 1e3)
     return out
 
 
@@ -141,18 +147,6 @@ def percentiles(ms: list[float]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- measurements
-def measure_matmul(n: int, repeats: int, device) -> dict:
-    """Median GFLOP/s of an ``n x n`` float32 matrix product (``2 n^3`` FLOPs)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=gen).to(device)
-    b = torch.randn(n, n, generator=gen).to(device)
-    ms = _timed(lambda: a @ b, repeats, device=device)
-    gflops = [2.0 * n ** 3 / (t / 1e3) / 1e9 for t in ms]
-    return {"matmul_gflops": statistics.median(gflops), "matmul_gflops_best": max(gflops), "matmul_n": n}
-
-
 def count_flops(network, x) -> int:
     """FLOPs of one forward of ``network`` on ``x``, counted by ``torch.utils.flop_counter``."""
     import torch
@@ -163,48 +157,31 @@ def count_flops(network, x) -> int:
     return int(counter.get_total_flops())
 
 
-def measure_unet(plain, served, size: int, repeats: int, device) -> dict:
-    """Achieved GFLOP/s of the served and the plain network at :data:`BATCHES` (median of the repeats)."""
+def measure_limit(plain, served, size: int, plan: Plan, device) -> dict:
+    """The matmul peak and the network's FLOP/s (served and plain, :data:`BATCHES`), interleaved; medians."""
     import torch
 
-    out = {"unet_flops_per_image": None, "unet_gflops": {}, "unet_gflops_plain": {}}
+    gen = torch.Generator().manual_seed(0)
+    n = plan.matmul_n
+    a = torch.randn(n, n, generator=gen).to(device)
+    b = torch.randn(n, n, generator=gen).to(device)
+    tasks, flops = {"matmul": lambda: a @ b}, {}
     for batch in BATCHES:
-        x = torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(batch)).to(device) * 2 - 1
-        flops = count_flops(plain, x)
-        out["unet_flops_per_image"] = flops / batch
-        for key, net in (("unet_gflops", served), ("unet_gflops_plain", plain)):
-            with torch.inference_mode():
-                ms = _timed(lambda: net(x), repeats, warmup=1, device=device)
-            out[key][str(batch)] = flops / (statistics.median(ms) / 1e3) / 1e9
-    return out
-
-
-def measure_forward(predictor, image, box, repeats: int) -> dict:
-    """The served network's forward at batch 1 on the masked grid input, in milliseconds."""
-    import torch
-
-    from lib.loris import preprocess
-    from lib.loris.masking import fill_box
-
-    x, grid_boxes = preprocess.batch([image], [box], predictor.settings.image_size)
-    x = fill_box(x.to(predictor.device), grid_boxes.to(predictor.device))
+        x = (torch.rand(batch, 1, size, size, generator=gen) * 2 - 1).to(device)
+        flops[batch] = count_flops(plain, x)
+        tasks[f"served_{batch}"] = lambda x=x: served(x)
+        tasks[f"plain_{batch}"] = lambda x=x: plain(x)
     with torch.inference_mode():
-        ms = _timed(lambda: predictor.network(x), repeats, device=predictor.device)
-    return percentiles(ms)
-
-
-def measure_pipeline(predictor, model_dir: Path, items: list, out_root: Path, repeats: int) -> dict:
-    """:func:`run_inference` end to end on the frames of ``items`` (``(image_path, box)``), cycled."""
-    from lib.loris.infer import run_inference
-
-    counter = iter(range(10 ** 9))
-
-    def one():
-        i = next(counter)
-        path, box = items[i % len(items)]
-        run_inference(model_dir, path, box, out_root / f"run{i % 4}", predictor=predictor)
-
-    return percentiles(_timed(one, repeats, device=predictor.device))
+        ms = interleaved(tasks, plan.unet_repeats, warmup=1, device=device)
+    matmul = [2.0 * n ** 3 / (t / 1e3) / 1e9 for t in ms["matmul"]]
+    out = {"matmul_gflops": statistics.median(matmul), "matmul_gflops_best": max(matmul), "matmul_n": n,
+           "unet_flops_per_image": flops[BATCHES[0]] / BATCHES[0], "unet_gflops": {}, "unet_gflops_plain": {}}
+    for batch in BATCHES:
+        for key, name in (("unet_gflops", "served"), ("unet_gflops_plain", "plain")):
+            out[key][str(batch)] = flops[batch] / (statistics.median(ms[f"{name}_{batch}"]) / 1e3) / 1e9
+    out["unet_ratio"] = {k: v / out["matmul_gflops"] for k, v in out["unet_gflops"].items()}
+    out["unet_ratio_plain"] = {k: v / out["matmul_gflops"] for k, v in out["unet_gflops_plain"].items()}
+    return out
 
 
 class _RssSampler:
@@ -249,16 +226,40 @@ class _RssSampler:
         self.peak = max(self.peak, self.sample())
 
 
-def measure_rest(url: str, pid: int, items: list, repeats: int, device: str) -> dict:
-    """``POST /infer/loris?image=<id>`` with ``{"box": ..}`` on ``items`` (``(image_id, box)``), cycled."""
+def measure_latency(predictor, model_dir: Path, files: list, out_root: Path, server, items: list, repeats: int,
+                    device: str) -> dict:
+    """One image: the forward alone, :func:`run_inference` in-process, and ``POST /infer/loris``, interleaved.
+
+    Args:
+        files: ``(image_path, box)`` of the frames, cycled; ``items``: the same as ``(image_id, box)``.
+        server: a running :class:`lib.server_process.ServerHandle` on the datastore of ``items``.
+    """
     import requests
+    import torch
 
+    from lib.data.imageio import read_image
+    from lib.loris import preprocess
+    from lib.loris.infer import run_inference
+    from lib.loris.masking import fill_box
+
+    x, grid_boxes = preprocess.batch([read_image(files[0][0])], [files[0][1]], predictor.settings.image_size)
+    x = fill_box(x.to(predictor.device), grid_boxes.to(predictor.device))
     session = requests.Session()
-    counter = iter(range(10 ** 9))
+    count = {"pipeline": 0, "rest": 0}
 
-    def one():
-        image_id, box = items[next(counter) % len(items)]
-        response = session.post(f"{url}/infer/loris", params={"image": image_id},
+    def forward():
+        with torch.inference_mode():
+            predictor.network(x)
+
+    def pipeline():
+        i = count["pipeline"] = count["pipeline"] + 1
+        path, box = files[i % len(files)]
+        run_inference(model_dir, path, box, out_root / f"run{i % 4}", predictor=predictor)
+
+    def rest():
+        i = count["rest"] = count["rest"] + 1
+        image_id, box = items[i % len(items)]
+        response = session.post(f"{server.url}/infer/loris", params={"image": image_id},
                                 data={"params": json.dumps({"box": [int(v) for v in box], "device": device})},
                                 timeout=120)
         if response.status_code != 200:
@@ -266,12 +267,16 @@ def measure_rest(url: str, pid: int, items: list, repeats: int, device: str) -> 
         if not response.content:
             raise DataError(f"POST /infer/loris?image={image_id} answered an empty body")
 
-    sampler = _RssSampler(pid)
+    sampler = _RssSampler(server.pid)
     idle = sampler.sample()
-    with sampler:
-        ms = _timed(one, repeats, device="cpu")
-    session.close()
-    return {"rest_ms": percentiles(ms), "server_rss_idle_mb": idle / 2 ** 20, "server_peak_rss_mb": sampler.peak / 2 ** 20}
+    try:
+        with sampler:
+            ms = interleaved({"forward": forward, "pipeline": pipeline, "rest": rest}, repeats, device=device)
+    finally:
+        session.close()
+    return {"forward_ms": percentiles(ms["forward"]), "pipeline_ms": percentiles(ms["pipeline"]),
+            "rest_ms": percentiles(ms["rest"]), "server_rss_idle_mb": idle / 2 ** 20,
+            "server_peak_rss_mb": sampler.peak / 2 ** 20}
 
 
 def measure_scoring(datastore: Path, models_dir: Path, device: str) -> dict:
@@ -325,7 +330,7 @@ def measure_training(train_records, valid_records, settings, model_dir: Path, pl
         loss.backward()
         optimizer.step()
 
-    ms = _timed(step, plan.bare_steps, warmup=1, device=device)
+    ms = interleaved({"step": step}, plan.bare_steps, warmup=1, device=device)["step"]
     bare_ips = bs / (statistics.median(ms) / 1e3)
     return {
         "train_images_per_s": loop_ips,
@@ -409,6 +414,18 @@ def run(plan: Plan, device: str, work: Path, threads: int | None = None, log=pri
     from lib.server_process import QUIET_ENV, start_server
 
     dev = resolve_device(device)
+    stages: dict[str, float] = {}  # seconds per stage
+    current = {"name": None, "t0": time.monotonic()}
+
+    def stage(name: str | None, message: str = "") -> None:
+        now = time.monotonic()
+        if current["name"] is not None:
+            stages[current["name"]] = round(now - current["t0"], 2)
+        current.update(name=name, t0=now)
+        if message:
+            log(message)
+
+    stage("setup")
     if threads is not None:
         torch.set_num_threads(int(threads))
     threads = torch.get_num_threads()
@@ -421,50 +438,43 @@ def run(plan: Plan, device: str, work: Path, threads: int | None = None, log=pri
                                                            "norm", "metric", "batch_size")}
     res["frame_size"] = list(plan.frame_size)
 
-    log("machine limit: float32 matmul ...")
-    res.update(measure_matmul(plan.matmul_n, plan.matmul_repeats, dev))
-
-    log("data: synthetic frames and a datastore ...")
+    stage("data", "data: synthetic frames and a datastore ...")
     records = make_data(work, plan)
     train_records, valid_records = split_for_training(records, plan)
     models_dir = work / "models"
-
-    log(f"training loop: {len(train_records)} images x {plan.train_epochs} epochs, and a bare step ...")
-    res.update(measure_training(train_records, valid_records, settings, models_dir / "loris", plan, dev))
-
     model_dir = models_dir / "loris"
+
+    stage("training", f"training loop: {len(train_records)} images x {plan.train_epochs} epochs, and a bare step ...")
+    res.update(measure_training(train_records, valid_records, settings, model_dir, plan, dev))
+
+    stage("limit", "machine limit (float32 matmul) and network FLOP/s at batch 1 and 16, interleaved ...")
     predictor = LorisPredictor.load(model_dir, dev)
     plain = build_network(predictor.settings).to(dev).eval()
     plain.load_state_dict(load_model(model_dir).state_dict)
-    log("network forward: FLOPs and FLOP/s at batch 1 and 16 ...")
-    res.update(measure_unet(plain, predictor.network, plan.image_size, plan.unet_repeats, dev))
-    res["unet_ratio"] = {b: g / res["matmul_gflops"] for b, g in res["unet_gflops"].items()}
-    res["unet_ratio_plain"] = {b: g / res["matmul_gflops"] for b, g in res["unet_gflops_plain"].items()}
+    res.update(measure_limit(plain, predictor.network, plan.image_size, plan, dev))
 
-    items = [(r.image, r.box) for r in records][:8]
-    files = [(work / "datastore" / f"{image}.png", box) for image, box in items]
-    log("one image in-process: forward alone and the whole pipeline ...")
-    from lib.data.imageio import read_image
-
-    res["forward_ms"] = measure_forward(predictor, read_image(files[0][0]), files[0][1], plan.latency_repeats)
-    res["pipeline_ms"] = measure_pipeline(predictor, model_dir, files, work / "pipeline", plan.latency_repeats)
-    res["pipeline_to_forward_ratio"] = res["pipeline_ms"]["p50"] / res["forward_ms"]["p50"]
-    res["pipeline_outside_forward_share"] = 1.0 - res["forward_ms"]["p50"] / res["pipeline_ms"]["p50"]
-
-    log("active-learning scoring over the datastore ...")
+    stage("scoring", "active-learning scoring over the datastore ...")
     res.update(measure_scoring(work / "datastore", models_dir, str(dev)))
 
-    log("MONAI Label server: start, POST /infer/loris, memory ...")
+    stage("server_start", "MONAI Label server: start ...")
     env = {**QUIET_ENV, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "MONAI_LABEL_SESSION_PATH": str(work / "sessions")}
     server = start_server(studies=work / "datastore", conf={"models_dir": str(models_dir)}, env=env,
                           log_path=work / "server.log")
     with server:
         res["server_start_s"] = server.started_s
-        res.update(measure_rest(server.url, server.pid, items, plan.latency_repeats, str(dev)))
+        stage("latency", "one image: forward, in-process pipeline and POST /infer/loris, interleaved; memory ...")
+        items = [(r.image, r.box) for r in records][:8]
+        files = [(work / "datastore" / f"{image}.png", box) for image, box in items]
+        res.update(measure_latency(predictor, model_dir, files, work / "pipeline", server, items,
+                                   plan.latency_repeats, str(dev)))
+    res["pipeline_to_forward_ratio"] = res["pipeline_ms"]["p50"] / res["forward_ms"]["p50"]
+    res["pipeline_outside_forward_share"] = 1.0 - res["forward_ms"]["p50"] / res["pipeline_ms"]["p50"]
     res["rest_overhead_ratio"] = res["rest_ms"]["p50"] / res["pipeline_ms"]["p50"]
     res["targets"] = check_targets(res)
     res["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    stage(None)
+    res["stage_seconds"] = stages
     res["seconds"] = time.monotonic() - started
     return res
 

@@ -1,0 +1,97 @@
+"""``python -m lib bench``: one small run through the real CLI (training, pipeline, a real server), JSON keys checked.
+
+No timing is asserted: the numbers depend on the machine and its load.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lib.bench import TARGETS, format_table, percentiles
+from lib.errors import LorisError
+from lib.server_process import ServerError, start_server
+
+REPO = Path(__file__).resolve().parent.parent
+
+TOP_KEYS = {
+    "schema", "quick", "device", "threads", "machine", "note", "settings", "frame_size",
+    "matmul_gflops", "matmul_n",
+    "unet_flops_per_image", "unet_gflops", "unet_gflops_plain", "unet_ratio", "unet_ratio_plain",
+    "forward_ms", "pipeline_ms", "pipeline_to_forward_ratio", "pipeline_outside_forward_share",
+    "rest_ms", "rest_overhead_ratio", "server_peak_rss_mb", "server_rss_idle_mb",
+    "scoring_images_per_s", "train_images_per_s", "bare_train_images_per_s", "train_ratio_to_bare",
+    "targets", "stage_seconds", "seconds",
+}
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_quick_bench_writes_every_measurement_as_json(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lib", "bench", "--quick", "--image-size", "32", "--threads", "1",
+         "--out", str(out), "--workdir", str(tmp_path / "work")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert TOP_KEYS <= set(res), TOP_KEYS - set(res)
+    assert res["quick"] is True and res["device"] == "cpu" and res["threads"] == 1
+    assert res["settings"]["image_size"] == 32
+    assert set(res["unet_gflops"]) == set(res["unet_ratio"]) == {"1", "16"}
+    for key in ("forward_ms", "pipeline_ms", "rest_ms"):
+        assert set(res[key]) == {"p50", "p95", "n"} and 0 < res[key]["p50"] <= res[key]["p95"]
+    for key in ("matmul_gflops", "unet_flops_per_image", "scoring_images_per_s", "train_images_per_s",
+                "bare_train_images_per_s", "server_peak_rss_mb"):
+        assert res[key] > 0, key
+    assert res["server_peak_rss_mb"] >= res["server_rss_idle_mb"] > 0
+    assert set(res["targets"]) == {"rest_overhead_ratio", "pipeline_to_forward_ratio", "unet_ratio_b16"}
+    assert all(isinstance(t["met"], bool) for t in res["targets"].values())
+    assert "pipeline_ms" in proc.stdout and "rest_overhead_ratio" in proc.stdout  # the table is printed
+    assert not list((tmp_path / "work").glob("pipeline/run0/*.tmp*"))  # outputs were written atomically
+
+
+def test_percentiles_of_known_values():
+    p = percentiles([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert p == {"p50": 3.0, "p95": pytest.approx(80.8), "n": 5}
+
+
+def test_table_reports_unmet_targets():
+    res = {
+        "quick": True, "device": "cpu", "threads": 2, "note": "n",
+        "machine": {"cpu": "x", "usable_cpus": 2, "load_average_start": [1.0], "load_average_end": [2.0]},
+        "frame_size": [160, 128], "settings": {"channels": [4, 8], "image_size": 32},
+        "matmul_gflops": 10.0, "matmul_gflops_best": 11.0, "matmul_n": 64,
+        "unet_gflops": {"1": 1.0, "16": 2.0}, "unet_gflops_plain": {"1": 1.0, "16": 2.0},
+        "unet_ratio": {"1": 0.1, "16": 0.2}, "unet_ratio_plain": {"1": 0.1, "16": 0.2}, "unet_flops_per_image": 1e9,
+        "forward_ms": {"p50": 10.0, "p95": 12.0}, "pipeline_ms": {"p50": 20.0, "p95": 22.0},
+        "pipeline_to_forward_ratio": 2.0, "pipeline_outside_forward_share": 0.5,
+        "rest_ms": {"p50": 22.0, "p95": 30.0}, "rest_overhead_ratio": 1.1, "server_peak_rss_mb": 900.0,
+        "server_rss_idle_mb": 800.0, "scoring_images_per_s": 3.0, "scoring_images": 8, "scoring_batch_size": 8,
+        "train_images_per_s": 1.0, "bare_train_images_per_s": 2.0, "train_ratio_to_bare": 0.5,
+    }
+    from lib.bench import check_targets
+
+    res["targets"] = check_targets(res)
+    table = format_table(res)
+    assert f"pipeline_to_forward_ratio <= {TARGETS['pipeline_to_forward_ratio_max']}: 2.00 NOT met" in table
+    assert "rest_overhead_ratio <= 1.3: 1.10 met" in table
+
+
+def test_bench_rejects_a_non_empty_workdir(tmp_path):
+    (tmp_path / "something").write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "lib", "bench", "--quick", "--workdir", str(tmp_path)],
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "--workdir" in proc.stderr and "not empty" in proc.stderr
+
+
+def test_start_server_needs_a_datastore():
+    with pytest.raises(ServerError, match="datastore"):
+        start_server(studies="")
+    assert issubclass(ServerError, LorisError)
