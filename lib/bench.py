@@ -80,10 +80,10 @@ TARGETS = {
 class Plan:
     """Sizes and repeats of one bench run."""
 
+    quick: bool
     image_size: int  # network grid side S
     frame_size: tuple[int, int]  # synthetic frames (W, H)
     matmul_n: int
-    matmul_repeats: int
     unet_repeats: int
     latency_repeats: int  # pipeline, forward and REST requests each
     patients: int  # 4 frames each: the datastore and the scoring set
@@ -92,9 +92,9 @@ class Plan:
     bare_steps: int
 
 
-FULL = Plan(image_size=256, frame_size=(640, 480), matmul_n=2048, matmul_repeats=7, unet_repeats=5,
+FULL = Plan(quick=False, image_size=256, frame_size=(640, 480), matmul_n=2048, unet_repeats=5,
             latency_repeats=20, patients=10, train_images=16, train_epochs=3, bare_steps=4)
-QUICK = Plan(image_size=64, frame_size=(160, 128), matmul_n=1024, matmul_repeats=5, unet_repeats=3,
+QUICK = Plan(quick=True, image_size=64, frame_size=(160, 128), matmul_n=1024, unet_repeats=3,
              latency_repeats=5, patients=4, train_images=8, train_epochs=2, bare_steps=2)
 BATCHES = (1, 16)
 WARMUP = 2
@@ -430,7 +430,7 @@ def run(plan: Plan, device: str, work: Path, threads: int | None = None, log=pri
         torch.set_num_threads(int(threads))
     threads = torch.get_num_threads()
     started = time.monotonic()
-    res: dict = {"schema": SCHEMA, "quick": plan is QUICK, "device": str(dev), "threads": threads,
+    res: dict = {"schema": SCHEMA, "quick": plan.quick, "device": str(dev), "threads": threads,
                  "machine": machine_info(dev), "note": WEIGHTS_NOTE}
     settings = LorisSettings(image_size=plan.image_size, max_epochs=plan.train_epochs,
                              patience=plan.train_epochs + 1, seed=0)
