@@ -127,11 +127,15 @@ def detected_records(detector, records: list[Record], images: dict[str, np.ndarr
         records: the images to box.
         images: ``{image name: (H, W) float [0,1]}`` already loaded (else read from disk).
 
+    The pipeline needs one box per image, so each image gets the detector's best
+    box whatever its confidence (as the detector's mAP ranks them), not only boxes
+    above its reporting threshold.
+
     Returns:
         ``(records, missed)``: the records with detected boxes, and the names of the
-        images where the detector found nothing. Those keep the whole image as their
-        box (the inpainting then hides everything, which is the honest penalty of a
-        missed recess: no annotated box is ever used in their place).
+        images where the detector proposed nothing at all. Those get the whole image
+        as their box (the inpainting then hides everything, which is the honest
+        penalty of a missed recess: no annotated box is ever used in their place).
     """
     from lib.data.imageio import read_image
 
@@ -141,7 +145,7 @@ def detected_records(detector, records: list[Record], images: dict[str, np.ndarr
         chunk = records[start:start + batch_size]
         arrays = [images[r.image] if images is not None and r.image in images else read_image(r.image_path)
                   for r in chunk]
-        detections = detector.detect_batch(arrays)
+        detections = detector.detect_batch(arrays, min_confidence=0.0)
         for r, array, det in zip(chunk, arrays, detections):
             if det is None:
                 missed.append(r.image)

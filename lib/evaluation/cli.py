@@ -57,8 +57,9 @@ from lib.loris.anomaly import METRICS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, type=Path, metavar="DIR",
-                        help="dataset folder (flat, reference or MONAI Label datastore layout)")
+    parser.add_argument("--data", type=Path, metavar="DIR",
+                        help="dataset folder (flat, reference or MONAI Label datastore layout); required "
+                             "except with --report-only")
     parser.add_argument("--out", required=True, type=Path, metavar="OUT", help="output folder")
     parser.add_argument("--folds", type=int, default=5, metavar="K", help="patient-grouped folds (default 5)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, metavar="METHOD",
@@ -80,6 +81,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: GPU when available)")
     parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only rebuild report.md and the figures of the finished run in OUT")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -87,8 +90,13 @@ def main(args: argparse.Namespace) -> int:
 
     from lib.errors import DataError
     from lib.evaluation.protocol import EvaluationConfig, command_line, run_evaluation
-    from lib.evaluation.report import fmt
+    from lib.evaluation.report import fmt, rewrite_report
 
+    if args.report_only:
+        print(f"wrote {rewrite_report(args.out)}")
+        return 0
+    if args.data is None:
+        raise DataError("--data DIR is required (the dataset to evaluate on)")
     if args.threads is not None:
         if args.threads < 1:
             raise DataError(f"--threads must be at least 1, got {args.threads}")

@@ -438,7 +438,7 @@ class Evaluation:
         if self.uniform is not None:
             results["uniform_box"] = self.uniform.to_dict()
         config = c.to_dict()
-        config.update({"fold_source": fold_source, "n_folds": len(folds), "device": str(self.device),
+        config.update({"fold_source": fold_source, "n_folds": len(folds), "fold_indices": [f.index for f in folds], "device": str(self.device),
                        "torch_threads": torch.get_num_threads(), "wall_s": time.monotonic() - started,
                        "pixel_metrics_grid": self.size, "format_version": FORMAT_VERSION,
                        "fold_sizes": [f["split"] for f in fold_results]})
@@ -655,7 +655,10 @@ class Evaluation:
 
 def command_line() -> str:
     """The current command line, quoted, for the report."""
-    return " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable), *sys.argv])
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(os.path.join("lib", "__main__.py")):
+        argv = ["-m", "lib", *argv[1:]]
+    return " ".join(shlex.quote(a) for a in ["python", *argv])
 
 
 def run_evaluation(config: EvaluationConfig, log=print) -> dict:

@@ -15,6 +15,9 @@ Files written under the output folder:
 - ``figures/roc_all_<box>.png``: every method's ROC (test scores of all folds pooled) on one plot.
 - ``panels/<key>.png``: a few normal and distended test images of the first fold:
   original with box, masked input, reconstruction, anomaly map, segmentation vs ground truth.
+
+:func:`rewrite_report` rebuilds ``report.md`` and the figures of a finished run from
+``metrics.json`` and ``folds/`` (``evaluate --report-only``).
 """
 
 from __future__ import annotations
@@ -327,10 +330,24 @@ def write_report(out_dir: Path, results: dict, fold_results: list[dict], dataset
     lines = ["# LoRIS evaluation report", ""]
     if config.get("command"):
         lines += ["Command:", "", "```", config["command"], "```", ""]
-    settings = [f"{k} = {config[k]}" for k in ("folds", "epochs", "patience", "image_size", "seed", "device")
-                if k in config]
+    effective = dict(config)
+    loris = config.get("loris_settings") or {}
+    # The effective values (the preset's when a flag was not given).
+    for key, name in (("epochs", "max_epochs"), ("patience", "patience"), ("image_size", "image_size")):
+        if effective.get(key) is None and name in loris:
+            effective[key] = loris[name]
+    settings = [f"{k} = {effective[k]}" for k in ("n_folds", "epochs", "patience", "image_size", "seed", "quick",
+                                                  "device", "torch_threads") if effective.get(k) is not None]
     if settings:
         lines += ["Settings: " + ", ".join(settings) + ".", ""]
+    if loris:
+        lines += [f"Network: MONAI UNet channels {loris.get('channels')}, strides {loris.get('strides')}, "
+                  f"learning rate {loris.get('learning_rate')}, batch {loris.get('batch_size')}, "
+                  f"score pooling {loris.get('pooling')} in the box; pixel metrics on the "
+                  f"{loris.get('image_size')} x {loris.get('image_size')} network grid.", ""]
+    if config.get("fold_sizes"):
+        sizes = "; ".join(f"{s['test']} ({s['test_distended']} distended)" for s in config["fold_sizes"])
+        lines += [f"Test images per fold: {sizes}.", ""]
     if config.get("wall_s") is not None:
         lines += [f"Wall time: {config['wall_s'] / 60:.1f} min.", ""]
     dataset = results.get("dataset", {})
@@ -375,3 +392,33 @@ def write_report(out_dir: Path, results: dict, fold_results: list[dict], dataset
     path = out_dir / "report.md"
     write_text(path, "\n".join(lines))
     return path
+
+
+def rewrite_report(out_dir: Path) -> Path:
+    """Rebuild ``report.md`` and the ROC figures of a finished run from its ``metrics.json`` and ``folds/``.
+
+    Raises:
+        DataError: ``out_dir`` holds no finished run.
+    """
+    import json
+
+    from lib.data.summary import format_summary
+    from lib.errors import DataError
+
+    out_dir = Path(out_dir)
+    path = out_dir / "metrics.json"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run the evaluation first")
+    try:
+        results = json.loads(path.read_text())
+        config = results["config"]
+        indices = config.get("fold_indices") or list(range(config["n_folds"]))
+        folds = [json.loads((out_dir / "folds" / f"fold_{k}.json").read_text()) for k in indices]
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{out_dir}: incomplete evaluation output ({exc})") from None
+    dataset = {k: v for k, v in results.get("dataset", {}).items() if k != "layout"}
+    try:
+        text = format_summary(dataset)
+    except (KeyError, TypeError):
+        text = ""
+    return write_report(out_dir, results, folds, text)
