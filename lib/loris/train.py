@@ -57,6 +57,27 @@ def usable(records: Sequence[Record]) -> list[Record]:
     return [r for r in records if r.label in ("normal", "distended") and r.box is not None]
 
 
+def split_patients(records: Sequence[Record], valid_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """Patient-grouped train/validation split (:func:`lib.data.splits.split_train_valid`) that keeps
+    normal images in validation: when the drawn validation patients have none, one patient with only
+    normal boxed images (the first in a seeded shuffle) moves from train to validation, provided train
+    keeps another. Early stopping and calibration need normal validation images.
+    """
+    train_records, valid_records = split_train_valid(list(records), valid_fraction, seed)
+    if valid_fraction == 0 or any(r.is_normal and r.box is not None for r in valid_records):
+        return train_records, valid_records
+    by_patient: dict[str, list[Record]] = {}
+    for r in train_records:
+        by_patient.setdefault(r.patient_id, []).append(r)
+    candidates = sorted(p for p, rs in by_patient.items() if all(r.is_normal and r.box is not None for r in rs))
+    if len(candidates) < 2:
+        return train_records, valid_records
+    rng = np.random.default_rng(seed)
+    moved = candidates[int(rng.integers(len(candidates)))]
+    return ([r for r in train_records if r.patient_id != moved],
+            valid_records + [r for r in train_records if r.patient_id == moved])
+
+
 def load_images(records: Sequence[Record]) -> list[np.ndarray]:
     """Read every record's image (``(H, W)`` in ``[0, 1]``) and check its box against it."""
     images = []
@@ -176,7 +197,7 @@ def train(records: Sequence[Record], out_dir: str | os.PathLike, settings: Loris
             train_records = [r for r in records if r.image not in names]
             valid_records = [r for r in records if r.image in names]
         else:
-            train_records, valid_records = split_train_valid(records, settings.valid_fraction, settings.seed)
+            train_records, valid_records = split_patients(records, settings.valid_fraction, settings.seed)
     else:
         train_records = records
     train_records = [r for r in usable(train_records) if r.is_normal]

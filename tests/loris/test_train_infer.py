@@ -195,3 +195,16 @@ def test_commands_train_and_infer(data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "model directory not found" in err and "image file not found" in err and "--box" in err
     assert not any((tmp_path / d).exists() for d in ("o2", "o3", "o4"))
+
+
+def test_the_automatic_split_keeps_normal_images_in_validation(data):
+    from lib.loris.train import split_patients
+
+    # patients "tr p0".."trp5" normal; a distended-only patient drawn for validation must not leave it without normals
+    recs = [r for r in data["train"] if r.label == "normal"] + [
+        r.__class__(**{**r.__dict__, "patient_id": "sick"}) for r in data["train"] if r.label == "distended"]
+    for seed in range(6):
+        train_part, valid_part = split_patients(recs, 0.15, seed)
+        assert any(r.label == "normal" for r in valid_part)
+        assert not {r.patient_id for r in train_part} & {r.patient_id for r in valid_part}
+        assert len(train_part) + len(valid_part) == len(recs)
