@@ -2,14 +2,13 @@
 
 ``python -m lib.app_setup [--workdir runs/default] [--host 127.0.0.1] [--port 8000] [--no-server]``:
 
-1. if ``DIR`` holds no datastore yet, generate synthetic knee-ultrasound frames
+1. if ``WORKDIR/datastore`` holds no datastore yet, generate synthetic knee-ultrasound frames
    (:mod:`lib.data.synthetic`) and import them (:func:`lib.data.datastore.write_datastore`);
    about a third of the patients are left unlabelled (no class, no box) so that
    active learning has something to serve;
-2. if a model directory has no ``model.pt``, train it from the datastore with the
-   quick CPU preset through the app's own trainers (same code as ``POST /train``),
-   showing progress.
-
+2. if a model directory holds no model this code can load (none yet, or one of an
+   older format), train it from the datastore with the quick CPU preset through the
+   app's own trainers (the code ``POST /train`` runs), showing progress;
 3. unless ``--no-server``, replace this process with
    ``monailabel start_server --app monailabel_app --studies WORKDIR/datastore
    --conf models_dir WORKDIR/models --host HOST --port PORT``.
@@ -57,13 +56,31 @@ def make_sample_datastore(datastore: Path, *, patients: int = SAMPLE_PATIENTS,
         return write_datastore(records, datastore, mode="create", description="LoRIS synthetic sample data")
 
 
-def is_trained(model_dir: Path) -> bool:
-    return (Path(model_dir) / "model.pt").is_file()
+def usable(name: str, model_dir: Path) -> bool:
+    """True when ``model_dir`` holds a model this code can load; says why not otherwise."""
+    from lib.errors import ModelError, NotTrainedError
+
+    try:
+        if name == "loris":
+            from lib.loris.infer import LorisPredictor
+
+            LorisPredictor.load(model_dir)
+        else:
+            from lib.detection.infer import RecessDetector
+
+            RecessDetector.load(model_dir)
+    except NotTrainedError:
+        return False
+    except ModelError as exc:
+        if Path(model_dir).is_dir():
+            print(f"{name}: the model in {model_dir} cannot be used ({exc}); training a new one", flush=True)
+        return False
+    return True
 
 
 def train_missing(datastore: Path, models_dir: Path, *, request: dict | None = None, loris_settings=None,
                   detector_settings=None, device: str = "cpu") -> list[str]:
-    """Train each model whose directory under ``models_dir`` has no ``model.pt``, from ``datastore``.
+    """Train each model whose directory under ``models_dir`` has no usable model, from ``datastore``.
 
     Args:
         request: ``/train`` params for both trainers (default: the quick preset).
@@ -83,7 +100,7 @@ def train_missing(datastore: Path, models_dir: Path, *, request: dict | None = N
         ("recess_detection", RecessDetectionTrainer(Path(models_dir) / "recess_detection"), detector_settings),
         ("loris", LorisTrainer(Path(models_dir) / "loris"), loris_settings),
     ):
-        if is_trained(trainer.target):
+        if usable(name, trainer.target):
             continue
         print(f"training {name} on {len(records)} labelled images ...", flush=True)
         started = time.time()
