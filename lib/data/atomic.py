@@ -25,6 +25,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     suffix = suffix if suffix is not None else "".join(path.suffixes)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; outputs and models are read by other users (a server)
     try:
         yield Path(tmp)
         os.replace(tmp, path)

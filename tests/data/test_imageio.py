@@ -76,3 +76,12 @@ def test_12_bit_dicom_is_scaled_by_its_bits_stored(tmp_path):
     out = read_image(tmp_path / "f.dcm")
     assert out.shape == (4, 6)
     assert out[1, 2] == pytest.approx(1.0) and out.sum() == pytest.approx(1.0)
+
+
+def test_atomic_writes_are_readable_by_other_users(tmp_path):
+    from lib.data.atomic import write_json
+
+    write_json(tmp_path / "x.json", {"a": 1})
+    write_png(tmp_path / "m.png", np.zeros((2, 2), bool))
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "m.png").stat().st_mode & 0o777 == 0o644
