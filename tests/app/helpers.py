@@ -61,3 +61,12 @@ def wait_train_done(url: str, timeout: float = 300) -> dict:
             return status
         time.sleep(1)
     raise AssertionError(f"training still running after {timeout} s: {status}")
+
+
+def wait_train_running(url: str, timeout: float = 60) -> None:
+    """Poll ``GET /train/`` until the latest training task's process runs (MONAI Label refuses a second one then)."""
+    deadline = time.time() + timeout
+    while requests.get(f"{url}/train/", timeout=TIMEOUT).json().get("status") != "RUNNING":
+        if time.time() > deadline:
+            raise AssertionError(f"training did not start within {timeout} s")
+        time.sleep(0.1)

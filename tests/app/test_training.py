@@ -7,12 +7,11 @@ so that later tests find the models they expect.
 import hashlib
 import os
 import shutil
-import time
 
 import pytest
 import requests
 
-from tests.app.helpers import TIMEOUT, infer_json, wait_train_done
+from tests.app.helpers import TIMEOUT, infer_json, wait_train_done, wait_train_running
 
 pytestmark = pytest.mark.server
 
@@ -41,6 +40,7 @@ def test_training_both_models_completes_and_serves_without_restart(server, resto
     before = first.json()["model_version"]
     started = requests.post(f"{server.url}/train/recess_detection", json=TINY_TRAIN, timeout=TIMEOUT)
     assert started.status_code == 200, started.text
+    wait_train_running(server.url)
     refused = requests.post(f"{server.url}/train/loris", json=TINY_TRAIN, timeout=TIMEOUT)
     assert refused.status_code == 429 and "Already Running" in refused.json()["detail"]
     status = wait_train_done(server.url)
@@ -71,10 +71,7 @@ def test_failed_or_stopped_training_leaves_the_previous_model_serving(server):
     assert status["status"] == "ERROR" and any("learning_rate" in line for line in status["details"]), status
 
     assert requests.post(f"{server.url}/train/loris", json=TINY_TRAIN, timeout=TIMEOUT).status_code == 200
-    deadline = time.time() + 60
-    while requests.get(f"{server.url}/train/", timeout=TIMEOUT).json()["status"] != "RUNNING":
-        assert time.time() < deadline, "training never started"
-        time.sleep(0.2)
+    wait_train_running(server.url)
     stopped = requests.delete(f"{server.url}/train/", timeout=TIMEOUT).json()
     assert stopped["status"] == "STOPPED"
     assert _checksum(model) == before
