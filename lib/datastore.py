@@ -59,7 +59,7 @@ from lib.data.atomic import atomic_path, write_text
 from lib.data.imageio import IMAGE_EXTENSIONS, image_size, read_image, write_png
 from lib.data.records import LABELS, validate_box, validate_label
 from lib.errors import DataError
-from lib.infers.http_errors import BAD_REQUEST, CONFLICT, NOT_FOUND, PAYLOAD_TOO_LARGE, client_error
+from lib.infers.http_errors import BAD_REQUEST, CONFLICT, FORBIDDEN, NOT_FOUND, PAYLOAD_TOO_LARGE, client_error
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +229,7 @@ class HardenedDatastore(LocalDatastore):
         self._lock = _DatastoreLock(os.path.join(datastore_path, ".lock"))
         self._config_sig = None
         self.limits = limits
+        self._read_only = read_only
         super().__init__(datastore_path, extensions=list(extensions), auto_reload=auto_reload, read_only=read_only)
 
     # ------------------------------------------------------------------ the index file
@@ -272,6 +273,8 @@ class HardenedDatastore(LocalDatastore):
 
         On an exception nothing is written and the in-memory index is re-read.
         """
+        if self._read_only:
+            raise client_error(FORBIDDEN, "the datastore is read-only (MONAI_LABEL_DATASTORE_READ_ONLY)")
         with self._lock:
             self._load(force=True)
             try:

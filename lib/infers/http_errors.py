@@ -16,6 +16,7 @@ from fastapi import HTTPException
 from lib.errors import DataError, ModelError, NotTrainedError
 
 BAD_REQUEST = 400
+FORBIDDEN = 403  # a read-only datastore
 NOT_FOUND = 404
 CONFLICT = 409  # the model is not trained yet (train it first)
 PAYLOAD_TOO_LARGE = 413
