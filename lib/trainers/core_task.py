@@ -3,8 +3,9 @@
 MONAI Label runs ``POST /train/<model>`` in a background process through
 :class:`~monailabel.tasks.train.basic_train.BasicTrainTask` (``/train`` status and
 its last log lines, ``DELETE /train`` to stop, one training at a time: a second
-request while one runs is refused with HTTP 429, or queued with ``?enqueue=true``,
-``train_stats`` in ``/info``). Its ignite ``SupervisedTrainer`` pipeline is not
+request while one runs is refused with HTTP 429 "Train Task is Already Running",
+or queued with ``?enqueue=true``; MONAI Label also queues one that arrives before
+the first run's process has started; ``train_stats`` in ``/info``). Its ignite ``SupervisedTrainer`` pipeline is not
 used: :meth:`CoreTrainTask.train` calls the method's training function
 (:func:`lib.loris.train.train`, :func:`lib.detection.train.train_detector`), so
 there is exactly one training implementation.
