@@ -57,7 +57,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 from lib.data.atomic import atomic_path, write_text
 from lib.data.imageio import IMAGE_EXTENSIONS, image_size, read_image, write_png
-from lib.data.records import LABELS, validate_box, validate_label
+from lib.data.records import validate_box, validate_label
 from lib.errors import DataError
 from lib.infers.http_errors import BAD_REQUEST, CONFLICT, FORBIDDEN, NOT_FOUND, PAYLOAD_TOO_LARGE, client_error
 
@@ -512,4 +512,4 @@ class HardenedDatastore(LocalDatastore):
             store.description = description
 
 
-__all__ = ["HardenedDatastore", "UploadLimits", "check_name", "read_label_upload", "validate_label_info", "LABELS"]
+__all__ = ["HardenedDatastore", "UploadLimits", "check_name", "read_label_upload", "validate_label_info"]

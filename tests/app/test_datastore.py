@@ -1,6 +1,5 @@
 """Corrections through PUT /datastore/label: persistence, orientation, concurrency, and every bad input rejected."""
 
-import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 
