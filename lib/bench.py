@@ -89,13 +89,12 @@ class Plan:
     patients: int  # 4 frames each: the datastore and the scoring set
     train_images: int
     train_epochs: int
-    bare_steps: int
 
 
 FULL = Plan(quick=False, image_size=256, frame_size=(640, 480), matmul_n=2048, unet_repeats=5,
-            latency_repeats=20, patients=10, train_images=16, train_epochs=3, bare_steps=4)
+            latency_repeats=20, patients=10, train_images=16, train_epochs=3)
 QUICK = Plan(quick=True, image_size=64, frame_size=(160, 128), matmul_n=1024, unet_repeats=3,
-             latency_repeats=5, patients=4, train_images=8, train_epochs=2, bare_steps=2)
+             latency_repeats=5, patients=4, train_images=8, train_epochs=2)
 BATCHES = (1, 16)
 WARMUP = 2
 
@@ -298,7 +297,13 @@ def measure_scoring(datastore: Path, models_dir: Path, device: str) -> dict:
 
 
 def measure_training(train_records, valid_records, settings, model_dir: Path, plan: Plan, device) -> dict:
-    """The real training loop (per-epoch seconds from ``on_epoch``) and a bare PyTorch step of the same batch."""
+    """The real training loop against a bare PyTorch step of the same network and batch, epoch by epoch.
+
+    After each epoch of :func:`lib.loris.train.train` (its ``seconds``: mini-batches, augmentation,
+    validation loss), ``on_epoch`` runs one epoch's worth of bare steps (masked forward, the same loss,
+    backward, Adam on a batch already in memory), so that both see the same machine load. The first
+    epoch of each warms up and is not counted.
+    """
     import torch
 
     from lib.loris import preprocess
@@ -306,13 +311,6 @@ def measure_training(train_records, valid_records, settings, model_dir: Path, pl
     from lib.loris.masking import fill_box
     from lib.loris.network import build_network
     from lib.loris.train import load_images, train
-
-    epochs = []
-    summary = train(train_records, model_dir, settings, valid_records=valid_records, progress=False,
-                    on_epoch=epochs.append, device=device)
-    timed = epochs[1:] or epochs  # the first epoch warms up
-    n_train = summary["n_train"]
-    loop_ips = n_train / statistics.median(e["seconds"] for e in timed)
 
     bs = settings.batch_size
     images = load_images(train_records[:bs])
@@ -330,15 +328,26 @@ def measure_training(train_records, valid_records, settings, model_dir: Path, pl
         loss.backward()
         optimizer.step()
 
-    ms = interleaved({"step": step}, plan.bare_steps, warmup=1, device=device)["step"]
-    bare_ips = bs / (statistics.median(ms) / 1e3)
+    epochs, bare = [], []
+
+    def on_epoch(stats):
+        epochs.append(stats)
+        steps = max(1, len(train_records) // bs)
+        bare.append(interleaved({"step": step}, steps, warmup=0, device=device)["step"])
+
+    summary = train(train_records, model_dir, settings, valid_records=valid_records, progress=False,
+                    on_epoch=on_epoch, device=device)
+    timed = slice(1, None) if len(epochs) > 1 else slice(None)  # the first epoch warms up
+    n_train = summary["n_train"]
+    loop_ips = n_train / statistics.median(e["seconds"] for e in epochs[timed])
+    bare_ips = bs / (statistics.median(t for ms in bare[timed] for t in ms) / 1e3)
     return {
         "train_images_per_s": loop_ips,
         "bare_train_images_per_s": bare_ips,
         "train_ratio_to_bare": loop_ips / bare_ips,
         "train_batch_size": bs,
         "train_images": n_train,
-        "train_epochs_timed": len(timed),
+        "train_epochs_timed": len(epochs[timed]),
     }
 
 
