@@ -105,8 +105,9 @@ def train_detector(
             otherwise start from scratch.
         progress: show a tqdm progress bar (one step per epoch).
         should_stop: called between batches; returning True ends training after saving what is best so far.
-        on_epoch: called after every epoch with ``{"epoch", "loss", "cls_loss", "box_loss", "valid", "best_epoch",
-            "best", "seconds"}`` (``valid``: the validation metrics of that epoch).
+        on_epoch: called after every epoch with ``{"epoch", "loss", "cls_loss", "box_loss", "learning_rate", "valid",
+            "best_epoch", "best", "seconds"}`` (``valid``: the validation metrics of that epoch;
+            ``learning_rate``: the one the next epoch will use).
         device: torch device; CUDA when available if None.
 
     Returns:
@@ -148,6 +149,9 @@ def train_detector(
     torch.manual_seed(settings.seed)
     detector = build_detector(settings).to(device)
     optimizer = _make_optimizer(settings, detector.network.parameters())
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=settings.plateau_factor, patience=settings.plateau_patience
+    ) if settings.plateau_factor < 1.0 else None
     rng = np.random.default_rng(settings.seed)
     augmenter = BoxAugmenter(settings, seed=settings.seed)
     start_epoch, best_epoch, best_rank, bad_epochs, history = 0, None, None, 0, []
@@ -165,6 +169,8 @@ def train_detector(
             )
         detector.network.load_state_dict(last["network"])
         optimizer.load_state_dict(last["optimizer"])
+        if scheduler is not None and last.get("scheduler"):
+            scheduler.load_state_dict(last["scheduler"])
         start_epoch, bad_epochs, history = last["epoch"] + 1, last["bad_epochs"], list(last["history"])
         best_epoch = last["best_epoch"]
         best_rank = tuple(last["best_rank"]) if last["best_rank"] is not None else None
@@ -219,14 +225,18 @@ def train_detector(
                       monitor=settings.monitor, validation=valid)
         else:
             bad_epochs += 1
+        if scheduler is not None:
+            scheduler.step(rank[0])
         cls_loss, box_loss = (sums / max(batches, 1)).tolist()
         record = {"epoch": epoch, "loss": cls_loss + box_loss, "cls_loss": cls_loss, "box_loss": box_loss,
+                  "learning_rate": optimizer.param_groups[0]["lr"],
                   "valid": valid, "best_epoch": best_epoch, "best": best_valid[settings.monitor],
                   "seconds": time.time() - tic}
         history.append(record)
         save_last(out_dir, {
             "settings": settings.to_dict(), "network": detector.network.state_dict(),
-            "optimizer": optimizer.state_dict(), "epoch": epoch, "bad_epochs": bad_epochs, "best_epoch": best_epoch,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+            "epoch": epoch, "bad_epochs": bad_epochs, "best_epoch": best_epoch,
             "best_rank": list(best_rank), "history": history, "rng": rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
         })
