@@ -72,6 +72,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, metavar="P", help="early-stopping patience (default 50; --quick 8)")
     parser.add_argument("--image-size", type=int, metavar="S", help="network grid side in pixels (default 256; --quick 64)")
     parser.add_argument("--detector-epochs", type=int, metavar="N", help="detector epochs (default: --epochs)")
+    parser.add_argument("--detector-image-size", type=int, metavar="S",
+                        help="detector input side in pixels (default: the detector's preset, 256; --quick 128)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds and the training (default 0)")
     parser.add_argument("--quick", action="store_true",
                         help="start from the small CPU presets (small UNet, learning rate 1e-3) instead of the paper's")
@@ -105,6 +107,7 @@ def main(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, folds=args.folds, methods=tuple(args.methods), metrics=tuple(args.metrics),
         boxes=tuple(args.boxes), epochs=args.epochs, patience=args.patience, image_size=args.image_size,
         seed=args.seed, quick=args.quick, detector_epochs=args.detector_epochs,
+        detector_image_size=args.detector_image_size,
         uniform_percentile=args.uniform_percentile, resume=args.resume, device=args.device,
         progress=not args.no_progress, command=command_line(),
     )

@@ -90,6 +90,8 @@ class EvaluationConfig:
         seed: seed of the folds and of training.
         quick: start from the small CPU presets (``LorisSettings.quick()``, ``DetectorSettings.quick()``).
         detector_epochs: detector training length (None = ``epochs``, or the detector's default).
+        detector_image_size: the detector's input side (None = the detector preset's own, independent
+            of ``image_size``: the box is found on its grid and mapped back to the image's pixels).
         uniform_percentile: percentile of annotated heights for ``--box uniform``.
         resume: skip folds already finished with this configuration.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -110,6 +112,7 @@ class EvaluationConfig:
     seed: int = 0
     quick: bool = False
     detector_epochs: int | None = None
+    detector_image_size: int | None = None
     uniform_percentile: float = 90.0
     resume: bool = False
     device: str = "auto"
@@ -154,7 +157,7 @@ class EvaluationConfig:
 
         base = DetectorSettings.quick() if self.quick else DetectorSettings()
         changes = {"max_epochs": self.detector_epochs or self.epochs, "patience": self.patience,
-                   "image_size": self.image_size, "seed": self.seed}
+                   "image_size": self.detector_image_size, "seed": self.seed}
         data = base.to_dict()
         data.update({k: v for k, v in changes.items() if v is not None})
         return DetectorSettings.from_dict(data, where="detector settings")
@@ -164,7 +167,8 @@ class EvaluationConfig:
             "data": str(self.data), "out": str(self.out), "folds": self.folds, "methods": list(self.methods),
             "metrics": list(self.metrics), "boxes": list(self.boxes), "epochs": self.epochs,
             "patience": self.patience, "image_size": self.image_size, "seed": self.seed, "quick": self.quick,
-            "detector_epochs": self.detector_epochs, "uniform_percentile": self.uniform_percentile,
+            "detector_epochs": self.detector_epochs, "detector_image_size": self.detector_image_size,
+            "uniform_percentile": self.uniform_percentile,
             "device": self.device, "command": self.command,
         }
         out["loris_settings"] = self.loris_settings("loris").to_dict()
