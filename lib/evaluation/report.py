@@ -34,7 +34,7 @@ from lib.evaluation.results import METRIC_NAMES, base_key
 # The paper's published numbers (real knee ultrasound, 483 images, 5 patient folds;
 # ../shared/LORIS-NOTES.md): (mean, std) of I-AUROC, P-AUROC, Dice.
 PAPER_TABLE1 = {
-    "riad": ("RIAD (multi-mask inpainting)", (0.583, 0.083), (0.682, 0.016), (0.051, 0.017)),
+    "riad+msgmsd": ("RIAD (multi-mask inpainting)", (0.583, 0.083), (0.682, 0.016), (0.051, 0.017)),
     "patchcore": ("PatchCore (best unsupervised)", (0.701, 0.090), (0.871, 0.009), (0.193, 0.066)),
     "supervised": ("supervised multi-task classifier", (0.780, 0.050), None, None),
     "loris+msgmsd": ("LoRIS + MSGMSD", (0.783, 0.050), (0.932, 0.018), (0.263, 0.042)),
