@@ -28,7 +28,8 @@ What is measured (times in milliseconds; p50/p95 over repeated requests):
   this app on 127.0.0.1 (``POST /infer/loris?image=<id>`` with the box, the
   multipart answer received whole); ``rest_overhead_ratio`` = ``rest_ms.p50 /
   pipeline_ms.p50``; ``server_peak_rss_mb``: the peak resident memory of the
-  server's process tree during those requests (psutil, sampled every 20 ms).
+  server's process tree during those requests (psutil, sampled every 20 ms
+  while a request is in flight).
 - ``scoring_images_per_s``: the active-learning scoring method
   (:class:`lib.activelearning.scoring.LorisScoring`, batched) over a datastore
   of unlabelled images with stored boxes, images read from disk included.
@@ -140,9 +141,13 @@ def interleaved(tasks: dict, repeats: int, warmup: int = WARMUP, device="cpu") -
 
 
 def percentiles(ms: list[float]) -> dict:
-    """``{"p50", "p95", "n"}`` of a list of milliseconds (linear interpolation)."""
+    """``{"p50", "p95", "min", "n"}`` of a list of milliseconds (linear interpolation).
+
+    ``min`` is the least disturbed run: on a shared machine the best estimate of the cost itself.
+    """
     arr = np.asarray(ms, dtype=np.float64)
-    return {"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)), "n": int(arr.size)}
+    return {"p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)), "min": float(arr.min()),
+            "n": int(arr.size)}
 
 
 # ---------------------------------------------------------------------------------------------------- measurements
@@ -184,7 +189,11 @@ def measure_limit(plain, served, size: int, plan: Plan, device) -> dict:
 
 
 class _RssSampler:
-    """Peak resident memory (bytes) of a process and its children, sampled in a thread every ``period`` s."""
+    """Peak resident memory (bytes) of a process and its children, sampled every ``period`` s while active.
+
+    Sampling runs in a thread only while :attr:`active` is set (during requests to the server), so that
+    it does not take the GIL from the in-process measurements.
+    """
 
     def __init__(self, pid: int, period: float = 0.02):
         import psutil
@@ -192,6 +201,7 @@ class _RssSampler:
         self.root = psutil.Process(pid)
         self.period = period
         self.peak = self.sample()
+        self.active = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -212,8 +222,9 @@ class _RssSampler:
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.sample())
-            self._stop.wait(self.period)
+            if self.active.wait(0.1):
+                self.peak = max(self.peak, self.sample())
+                self._stop.wait(self.period)
 
     def __enter__(self):
         self._thread.start()
@@ -221,6 +232,7 @@ class _RssSampler:
 
     def __exit__(self, *exc):
         self._stop.set()
+        self.active.set()
         self._thread.join(timeout=5)
         self.peak = max(self.peak, self.sample())
 
@@ -258,9 +270,13 @@ def measure_latency(predictor, model_dir: Path, files: list, out_root: Path, ser
     def rest():
         i = count["rest"] = count["rest"] + 1
         image_id, box = items[i % len(items)]
-        response = session.post(f"{server.url}/infer/loris", params={"image": image_id},
-                                data={"params": json.dumps({"box": [int(v) for v in box], "device": device})},
-                                timeout=120)
+        sampler.active.set()
+        try:
+            response = session.post(f"{server.url}/infer/loris", params={"image": image_id},
+                                    data={"params": json.dumps({"box": [int(v) for v in box], "device": device})},
+                                    timeout=120)
+        finally:
+            sampler.active.clear()
         if response.status_code != 200:
             raise DataError(f"POST /infer/loris?image={image_id} answered {response.status_code}: {response.text[:500]}")
         if not response.content:

@@ -45,7 +45,7 @@ def test_quick_bench_writes_every_measurement_as_json(tmp_path):
     assert res["settings"]["image_size"] == 32
     assert set(res["unet_gflops"]) == set(res["unet_ratio"]) == {"1", "16"}
     for key in ("forward_ms", "pipeline_ms", "rest_ms"):
-        assert set(res[key]) == {"p50", "p95", "n"} and 0 < res[key]["p50"] <= res[key]["p95"]
+        assert set(res[key]) == {"p50", "p95", "min", "n"} and 0 < res[key]["min"] <= res[key]["p50"] <= res[key]["p95"]
     for key in ("matmul_gflops", "unet_flops_per_image", "scoring_images_per_s", "train_images_per_s",
                 "bare_train_images_per_s", "server_peak_rss_mb"):
         assert res[key] > 0, key
@@ -58,7 +58,7 @@ def test_quick_bench_writes_every_measurement_as_json(tmp_path):
 
 def test_percentiles_of_known_values():
     p = percentiles([1.0, 2.0, 3.0, 4.0, 100.0])
-    assert p == {"p50": 3.0, "p95": pytest.approx(80.8), "n": 5}
+    assert p == {"p50": 3.0, "p95": pytest.approx(80.8), "min": 1.0, "n": 5}
 
 
 def test_table_reports_unmet_targets():
