@@ -50,3 +50,15 @@ def test_cli_help_lists_every_command():
     out = subprocess.run([sys.executable, "-m", "lib", "--help"], capture_output=True, text=True, check=True).stdout
     for name in COMMANDS:
         assert name in out
+
+
+@pytest.mark.parametrize("command", ["sample-data", "import", "train", "infer", "train-detector", "detect", "evaluate", "bench"])
+def test_every_command_has_help(command, capsys):
+    from lib.__main__ import COMMANDS, main
+
+    assert command in COMMANDS
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m lib {command}")
