@@ -49,16 +49,3 @@ def box_intensity_score(image: np.ndarray, box: Box) -> float:
 def box_shape_score(box: Box) -> float:
     """The box's height / width ratio (dimensionless; higher = taller box), as in the dataset summary."""
     return float(summary_box_shape_score(box))
-
-
-def baseline_predict(method: str, image: np.ndarray | None, box: Box) -> tuple[float, np.ndarray | None]:
-    """``(score, anomaly_map or None)`` of a baseline on one image.
-
-    Raises:
-        ValueError: unknown baseline name.
-    """
-    if method == "box-intensity":
-        return box_intensity_score(image, box), box_intensity_map(image, box)
-    if method == "box-shape":
-        return box_shape_score(box), None
-    raise ValueError(f"unknown baseline {method!r}; baselines are {', '.join(BASELINES)}")

@@ -54,7 +54,14 @@ from lib.data.records import Record
 from lib.data.splits import Fold, kfold
 from lib.errors import DataError
 from lib.evaluation import boxes as box_sources
-from lib.evaluation.baselines import BASELINES, METHODS, NETWORK_METHODS, box_intensity_map, box_shape_score
+from lib.evaluation.baselines import (
+    BASELINES,
+    METHODS,
+    NETWORK_METHODS,
+    box_intensity_map,
+    box_intensity_score,
+    box_shape_score,
+)
 from lib.evaluation.metrics import (
     best_dice,
     dice,
@@ -279,8 +286,7 @@ def _baseline_outputs(method: str, split: SplitData, size: int) -> tuple[np.ndar
     unit = preprocess.to_unit_range(x[:, 0]).numpy()
     maps = np.stack([box_intensity_map(u, tuple(b)) for u, b in zip(unit, grid_boxes)]) if len(unit) else \
         np.zeros((0, size, size), np.float32)
-    regions = _grid_regions(grid_boxes, size, True)
-    scores = np.array([m[r].mean() for m, r in zip(maps, regions)])
+    scores = np.array([box_intensity_score(u, tuple(b)) for u, b in zip(unit, grid_boxes)])
     return scores, maps, grid_boxes
 
 
