@@ -20,9 +20,14 @@ Method keys
      "uniform_box": {"width_fraction": .., "height_fraction": .., ...},   # only with --box uniform
      "config": {...}, "dataset": {...}}
 
+``p_auroc`` ranks every pixel of the anomaly maps (the whole network grid).
 ``dice`` is the paper's best-threshold Dice (pooled pixels, threshold chosen on
-the test set itself: an upper bound); ``dice_calibrated`` uses the pixel
-threshold fitted on validation and the closing/opening post-processing.
+the test set itself: an upper bound, without post-processing);
+``dice_calibrated`` uses the pixel threshold fitted on validation and the
+closing/opening post-processing. Both Dice count only pixels the method may
+segment (inside the box when ``segment_in_box``, as the core segments; a missed
+anomalous pixel outside still counts), so post-processing can make
+``dice_calibrated`` a little higher than ``dice``.
 A metric that does not apply (``box-shape`` has no anomaly map) or is
 undefined on a fold (one class only) is null.
 """
