@@ -15,6 +15,7 @@ atomically, after everything has been computed (nothing is written on error).
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,13 +24,13 @@ import numpy as np
 import torch
 
 from lib.data.atomic import atomic_path, write_json
-from lib.data.imageio import read_image, write_png
+from lib.data.imageio import read_image, to_uint8, write_png
 from lib.data.records import Box, validate_box
 from lib.errors import DataError, ModelError, NotTrainedError
 from lib.loris import preprocess
 from lib.loris.anomaly import anomaly_maps, check_metric
 from lib.loris.model_files import load_model
-from lib.loris.network import build_network
+from lib.loris.network import InferenceNetwork, build_network
 from lib.loris.postprocess import box_region, box_scores, segment
 from lib.loris.reconstruction import reconstruct
 from lib.loris.settings import LorisSettings
@@ -117,12 +118,15 @@ class LorisPredictor:
         calibration: ``{metric: {"threshold", "pixel_threshold", ...}}``, or None before calibration
             (then only :meth:`network_outputs` and :meth:`score_batch` work).
         device: where to run.
+        optimize: serve a frozen :class:`~lib.loris.network.InferenceNetwork` copy (batch norms folded,
+            channels-last; same outputs within float32 rounding, faster); False = ``network`` itself in eval mode.
     """
 
     def __init__(self, network: torch.nn.Module, settings: LorisSettings, calibration: dict | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", optimize: bool = True) -> None:
         self.device = resolve_device(device)
-        self.network = network.to(self.device).eval()
+        network = network.to(self.device).eval()
+        self.network = InferenceNetwork(network) if optimize else network
         self.settings = settings
         self.calibration = calibration
 
@@ -234,18 +238,47 @@ def write_nrrd(path: str | os.PathLike, array: np.ndarray) -> None:
     img.SetOrigin((0.0, 0.0))
     img.SetSpacing((1.0, 1.0))
     with atomic_path(path, suffix=".nrrd") as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=True)
+        sitk.WriteImage(img, str(tmp), useCompression=False)  # raw: ~10x faster to write; anomaly maps barely compress
+
+
+def write_png_fast(path: str | os.PathLike, image: np.ndarray) -> None:
+    """A ``[0, 1]`` float image as an 8-bit PNG, atomically: the pixels of :func:`write_png` at zlib level 1.
+
+    About 5x faster to write than the default level 6 for a 640 x 480 reconstruction, files slightly larger.
+    """
+    from PIL import Image
+
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(to_uint8(image)).save(tmp, format="PNG", compress_level=1)
+
+
+_WRITERS: ThreadPoolExecutor | None = None
+
+
+def _writers() -> ThreadPoolExecutor:
+    global _WRITERS
+    if _WRITERS is None:
+        _WRITERS = ThreadPoolExecutor(max_workers=3, thread_name_prefix="loris-write")
+    return _WRITERS
 
 
 def write_outputs(prediction: Prediction, out_dir: str | os.PathLike, extra: dict | None = None) -> dict:
-    """Write a prediction's files into ``out_dir`` (each atomically); returns the ``result.json`` dict."""
+    """Write a prediction's files into ``out_dir`` (each atomically); returns the ``result.json`` dict.
+
+    The three images are encoded and written concurrently (zlib and file writes release the GIL);
+    ``result.json`` is written last, once all three are in place.
+    """
     out_dir = Path(out_dir)
     result = {**prediction.to_json(), **(extra or {}), "files": dict(OUTPUT_FILES)}
     result["mask_pixels"] = int(prediction.mask.sum())
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_png(out_dir / OUTPUT_FILES["reconstruction"], prediction.reconstruction)
-    write_nrrd(out_dir / OUTPUT_FILES["anomaly_map"], prediction.anomaly_map)
-    write_png(out_dir / OUTPUT_FILES["mask"], prediction.mask)
+    jobs = [
+        _writers().submit(write_png_fast, out_dir / OUTPUT_FILES["reconstruction"], prediction.reconstruction),
+        _writers().submit(write_nrrd, out_dir / OUTPUT_FILES["anomaly_map"], prediction.anomaly_map),
+        _writers().submit(write_png, out_dir / OUTPUT_FILES["mask"], prediction.mask),
+    ]
+    for job in jobs:
+        job.result()  # re-raises a failed write
     write_json(out_dir / OUTPUT_FILES["result"], result)
     return result
 

@@ -41,6 +41,13 @@ def clean_mask(mask: np.ndarray) -> np.ndarray:
     return ndimage.binary_opening(closed, structure=structure)
 
 
+CROP_MARGIN = 2
+"""Pixels of background kept around the region when segmenting only its bounding box. The thresholded
+mask lies inside the region; the closing's dilation reaches 1 pixel beyond it (inside the zero padding
+of :func:`clean_mask`) and nothing else leaves the region's bounding box, so the crop gives exactly the
+full-image result (``tests/loris/test_inference_speed.py`` compares both); the margin is a spare."""
+
+
 def segment(anomaly_map: np.ndarray, pixel_threshold: float, region: np.ndarray | None = None) -> np.ndarray:
     """Segmentation mask: ``anomaly_map >= pixel_threshold`` (within ``region``), closed then opened (3x3).
 
@@ -48,12 +55,22 @@ def segment(anomaly_map: np.ndarray, pixel_threshold: float, region: np.ndarray 
         anomaly_map: ``(H, W)`` or ``(B, H, W)`` float map.
         pixel_threshold: the calibrated pixel threshold.
         region: optional bool array of the same shape; pixels outside are never foreground (the box).
+            Only the region's bounding box (plus :data:`CROP_MARGIN`) is processed: the same result,
+            several times faster for a box in a large image.
     """
     binary = np.asarray(anomaly_map) >= pixel_threshold
-    if region is not None:
-        binary &= region
-    out = clean_mask(binary)
-    if region is not None:
+    if region is None:
+        return clean_mask(binary)
+    region = np.asarray(region, dtype=bool)
+    binary &= region
+    out = np.zeros_like(binary)
+    h, w = binary.shape[-2:]
+    flat = region.reshape(-1, h, w)
+    rows, cols = np.flatnonzero(flat.any(axis=(0, 2))), np.flatnonzero(flat.any(axis=(0, 1)))
+    if rows.size:
+        y0, y1 = max(rows[0] - CROP_MARGIN, 0), min(rows[-1] + 1 + CROP_MARGIN, h)
+        x0, x1 = max(cols[0] - CROP_MARGIN, 0), min(cols[-1] + 1 + CROP_MARGIN, w)
+        out[..., y0:y1, x0:x1] = clean_mask(binary[..., y0:y1, x0:x1])
         out &= region
     return out
 
