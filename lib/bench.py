@@ -10,7 +10,10 @@ measured in the same run, hold better.
 What is measured (times in milliseconds; p50/p95 over repeated requests):
 
 - ``matmul_gflops``: the machine's practical peak, a large float32 matrix
-  multiply (``--device``, same threads); median of the repeats.
+  multiply (``--device``, same threads); median of the repeats, which run
+  round-robin with the network's (so both see the same load). It is the BLAS
+  torch links (MKL): on CPUs where that BLAS is not at its best (MKL on AMD)
+  oneDNN's convolutions can beat it, and ``unet_ratio`` exceeds 1.
 - ``unet_gflops``: achieved FLOP/s of the LoRIS network forward as the
   predictor serves it, at batch 1 and batch 16 (``{"1": .., "16": ..}``), and
   ``unet_ratio`` = that / ``matmul_gflops``. FLOPs are counted with
@@ -35,11 +38,15 @@ What is measured (times in milliseconds; p50/p95 over repeated requests):
   (:class:`lib.activelearning.scoring.LorisScoring`, batched) over a datastore
   of unlabelled images with stored boxes, images read from disk included.
 - ``train_images_per_s``: the real :func:`lib.loris.train.train` loop
-  (augmentation, masked forward, loss, Adam, validation loss, checkpoint),
-  epochs after the first; ``bare_train_images_per_s``: a bare PyTorch step
-  (masked forward, the same LoRIS loss, backward, Adam) of the same network and
-  batch on tensors already in memory; ``train_ratio_to_bare`` = their ratio
-  (1.0 = the training loop adds nothing).
+  (augmentation, masked forward, loss, Adam, validation loss; the epoch's
+  ``seconds`` as the loop reports them, before its checkpoint write), epochs
+  after the first; ``bare_train_images_per_s``: a bare PyTorch step (masked
+  forward, the same LoRIS loss, backward, Adam) of the same network and batch
+  on tensors already in memory, one epoch's worth after each real epoch;
+  ``train_ratio_to_bare`` = their ratio (1.0 = the loop adds nothing).
+
+The forward, the in-process pipeline and the REST request also run
+round-robin, one of each in turn.
 
 Data and model: synthetic knee-ultrasound frames (:mod:`lib.data.synthetic`,
 640 x 480 by default) in a temporary work folder (``--workdir`` keeps it); the
