@@ -125,13 +125,6 @@ def setup(datastore: Path, models_dir: Path, device: str = "cpu") -> None:
         print(f"sample datastore {datastore} and models in {models_dir} are ready", flush=True)
 
 
-def server_command(datastore: Path, models_dir: Path, host: str, port: int) -> list[str]:
-    """The ``monailabel start_server`` command line of the app on ``datastore`` with ``models_dir``."""
-    return [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR),
-            "--studies", str(Path(datastore).resolve()), "--conf", "models_dir", str(Path(models_dir).resolve()),
-            "--host", host, "--port", str(port)]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lib.app_setup", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="holds datastore/ and models/")
@@ -158,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.no_server:
         return 0
-    command = server_command(datastore, models_dir, args.host, args.port)
+    from lib.server_process import server_command
+
+    command = server_command(APP_DIR, datastore, {"models_dir": Path(models_dir).resolve()}, args.host, args.port)
     print(f"starting the server: {' '.join(command)}", flush=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(APP_DIR.parent), env.get("PYTHONPATH", "")) if p)

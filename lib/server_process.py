@@ -8,8 +8,8 @@ log file, and returns once ``GET /info/`` answers 200 (or raises
 passes). :meth:`ServerHandle.stop` ends the whole process group (the server and
 the training/scoring children MONAI Label starts), politely first.
 
-Used by ``python -m lib bench``; the test fixture and the first-run setup can
-use it as well. The host defaults to ``127.0.0.1`` (this machine only).
+Used by ``python -m lib bench`` and the tests' ``server`` fixture; the first-run
+setup (``make run``) runs the same :func:`server_command` in the foreground. The host defaults to ``127.0.0.1`` (this machine only).
 """
 
 from __future__ import annotations

@@ -11,13 +11,8 @@ Tests that use it are marked ``@pytest.mark.server``.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,15 +29,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "server: starts a real MONAI Label server subprocess (the `server` fixture)")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class ServerProcess:
-    """A running ``monailabel start_server`` subprocess.
+    """A running ``monailabel start_server`` subprocess (:mod:`lib.server_process`) and its datastore.
 
     Attributes:
         url: ``http://127.0.0.1:<port>``.
@@ -60,52 +49,25 @@ class ServerProcess:
     log_path: Path
     sample_image_id: str = ""
     unlabelled_ids: list = field(default_factory=list)
-    process: subprocess.Popen | None = None
     env: dict = field(default_factory=dict)
+    handle: object = None
+
+    CONF = {"max_upload_bytes": 2000000, "max_image_pixels": 1000000}
 
     def start(self) -> None:
+        from lib.server_process import start_server
+
         port = int(self.url.rsplit(":", 1)[1])
-        cmd = [
-            sys.executable, "-m", "monailabel.main", "start_server",
-            "--app", str(self.app_dir), "--studies", str(self.datastore),
-            "--conf", "models_dir", str(self.models_dir),
-            "--conf", "max_upload_bytes", "2000000",
-            "--conf", "max_image_pixels", "1000000",
-            "--host", "127.0.0.1", "--port", str(port),
-        ]
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(cmd, cwd=self.log_path.parent, env=self.env, stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
-        import requests
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}; log:\n{self.log_tail()}")
-            try:
-                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"server not ready after {timeout} s; log:\n{self.log_tail()}")
+        conf = {"models_dir": self.models_dir, **self.CONF}
+        self.handle = start_server(self.app_dir, self.datastore, conf, "127.0.0.1", port, env=self.env,
+                                   log_path=self.log_path, timeout=STARTUP_TIMEOUT_S)
 
     def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
+        return self.handle.log_tail(chars)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)  # the server and its train/scoring children
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        if self.handle is not None:
+            self.handle.stop()
 
     def restart(self) -> None:
         """Stop the server and start it again on the same port, datastore and models."""
@@ -139,11 +101,12 @@ def server(tmp_path_factory):
     loris, detector = _tiny_settings()
     train_missing(datastore, models_dir, loris_settings=loris, detector_settings=detector)
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "MONAI_LABEL_AUTO_UPDATE_SCORING": "false", "MONAI_LABEL_TRACKING_ENABLED": "false",
-           "MONAI_LABEL_SESSION_PATH": str(root / "sessions"), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    from lib.server_process import QUIET_ENV, free_port
+
+    env = {**QUIET_ENV, "MONAI_LABEL_SESSION_PATH": str(root / "sessions"), "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1"}
     proc = ServerProcess(
-        url=f"http://127.0.0.1:{_free_port()}", datastore=datastore, models_dir=models_dir, app_dir=APP_DIR,
+        url=f"http://127.0.0.1:{free_port()}", datastore=datastore, models_dir=models_dir, app_dir=APP_DIR,
         log_path=root / "server.log", env=env,
         sample_image_id=next(r.image for r in records if r.label == "normal"),
         unlabelled_ids=sorted(r.image for r in records if r.label is None),
