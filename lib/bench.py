@@ -334,10 +334,11 @@ def measure_training(train_records, valid_records, settings, model_dir: Path, pl
     from lib.loris.loss import LorisLoss
     from lib.loris.masking import fill_box
     from lib.loris.network import build_network
-    from lib.loris.train import load_images, train
+    from lib.data.imageio import read_boxed_images
+    from lib.loris.train import train
 
     bs = settings.batch_size
-    images = load_images(train_records[:bs])
+    images = read_boxed_images(train_records[:bs])
     x, grid_boxes = preprocess.batch(images, [r.box for r in train_records[:bs]], settings.image_size)
     x, grid_boxes = x.to(device), grid_boxes.to(device)
     torch.manual_seed(settings.seed)

@@ -152,3 +152,20 @@ def write_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 
         raise ValueError(f"write_png expects a 2D array, got shape {array.shape}")
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(array, mode="L").save(tmp, format="PNG", compress_level=compress_level)
+
+
+def read_boxed_images(records) -> list[np.ndarray]:
+    """Read each record's image (``(H, W)`` in ``[0, 1]``) and check its box against the image size.
+
+    Raises:
+        DataError: an unreadable image, or a box that is missing, inverted, empty or outside its image
+            (the message names the file).
+    """
+    from lib.data.records import validate_box
+
+    images = []
+    for r in records:
+        image = read_image(r.image_path)
+        validate_box(r.box, image.shape[1], image.shape[0], f"{r.image_path} (image {r.image!r}): box")
+        images.append(image)
+    return images

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lib.data.imageio import read_image
-from lib.data.records import Record, validate_box
+from lib.data.imageio import read_boxed_images
+from lib.data.records import Record
 from lib.data.splits import split_train_valid
 from lib.detection.augment import BoxAugmenter
 from lib.detection.infer import RecessDetector
@@ -36,15 +36,6 @@ from lib.errors import DataError, ModelError
 ARCHITECTURE_FIELDS = ("image_size", "base_channels", "blocks_per_stage", "fpn_channels", "anchor_size",
                        "anchor_aspect_ratios")
 """Settings that shape the network: a resumed run must keep them."""
-
-
-def _load_images(records: list[Record]) -> list[np.ndarray]:
-    images = []
-    for r in records:
-        image = read_image(r.image_path)
-        validate_box(r.box, image.shape[1], image.shape[0], f"{r.image_path} (image {r.image!r})")
-        images.append(image)
-    return images
 
 
 def _boxed_normals(records: list[Record]) -> list[Record]:
@@ -140,9 +131,9 @@ def train_detector(
         )
     valid_all = [r for r in valid_records if r.box is not None]
     valid_set = _boxed_normals(valid_all)
-    train_images = _load_images(train_set)
+    train_images = read_boxed_images(train_set)
     if valid_set:
-        valid_images = _load_images(valid_set)
+        valid_images = read_boxed_images(valid_set)
     else:
         valid_set, valid_images, valid_source = train_set, train_images, "training images (no held-out patients)"
 
@@ -268,7 +259,7 @@ def train_detector(
         detector.network.load_state_dict(best_state)
         if valid_all and valid_source != "training images (no held-out patients)":
             others = [r for r in valid_all if r.label != "normal"]
-            images_all = valid_images + _load_images(others)
+            images_all = valid_images + read_boxed_images(others)
             metrics = _validate(detector, settings, images_all, valid_set + others, device)
             summary["validation_all"] = {k: v for k, v in metrics.items() if not k.startswith("_")}
         summary["seconds"] = time.time() - started

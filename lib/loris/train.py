@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lib.data.imageio import read_image, read_mask
-from lib.data.records import Record, validate_box
+from lib.data.imageio import read_boxed_images, read_mask
+from lib.data.records import Record
 from lib.data.splits import split_train_valid
 from lib.errors import DataError, ModelError
 from lib.loris import preprocess
@@ -76,16 +76,6 @@ def split_patients(records: Sequence[Record], valid_fraction: float, seed: int) 
     moved = candidates[int(rng.integers(len(candidates)))]
     return ([r for r in train_records if r.patient_id != moved],
             valid_records + [r for r in train_records if r.patient_id == moved])
-
-
-def load_images(records: Sequence[Record]) -> list[np.ndarray]:
-    """Read every record's image (``(H, W)`` in ``[0, 1]``) and check its box against it."""
-    images = []
-    for r in records:
-        img = read_image(r.image_path)
-        validate_box(r.box, img.shape[1], img.shape[0], f"{r.image_path}: box")
-        images.append(img)
-    return images
 
 
 def augment(x: torch.Tensor, grid_boxes: torch.Tensor, settings: LorisSettings, generator: torch.Generator):
@@ -212,8 +202,8 @@ def train(records: Sequence[Record], out_dir: str | os.PathLike, settings: Loris
         valid_normal = train_records
         valid_records = train_records + [r for r in valid_records if not r.is_normal]
 
-    train_images = load_images(train_records)
-    valid_images_all = load_images(valid_records)
+    train_images = read_boxed_images(train_records)
+    valid_images_all = read_boxed_images(valid_records)
     normal_idx = [i for i, r in enumerate(valid_records) if r.is_normal]
     x_train, b_train = preprocess.batch(train_images, [r.box for r in train_records], settings.image_size)
     x_valid, b_valid = preprocess.batch([valid_images_all[i] for i in normal_idx],
