@@ -30,18 +30,18 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Dict
 
 import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferType
-from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.generic import name_to_device
 
 from lib.data.imageio import write_png
 from lib.errors import DataError, ModelError
+from lib.infers.base import DatastoreImageInfer
 from lib.infers.http_errors import CONFLICT, client_error, user_errors
 from lib.infers.model_cache import ModelCache
-from lib.infers.params import request_box, request_image
+from lib.infers.params import request_box
 from lib.infers.recess_detection import detector_cache
 from lib.loris.infer import LorisPredictor, write_nrrd
 
@@ -59,8 +59,10 @@ def predictor_cache(model_dir: Path) -> ModelCache:
     return ModelCache.for_dir(model_dir, _load_predictor, "loris")
 
 
-class LorisInfer(BasicInferTask):
+class LorisInfer(DatastoreImageInfer):
     """LoRIS inference on one image: segmentation (``output="segmentation"``) or anomaly map."""
+
+    task_name = "loris"
 
     def __init__(self, model_dir: Path, detector_dir: Path, datastore_root: Path, output: str = "segmentation",
                  description: str = "LoRIS: anomaly score, decision and segmentation of the recess box"):
@@ -81,19 +83,9 @@ class LorisInfer(BasicInferTask):
         self._predictor = predictor_cache(self.model_dir)
         self._detector = detector_cache(Path(detector_dir))
 
-    def is_valid(self) -> bool:
-        return True  # listed even before training: infer then answers "not trained yet"
-
-    def pre_transforms(self, data=None) -> Sequence[Callable]:
-        return [self._read]
-
-    def post_transforms(self, data=None) -> Sequence[Callable]:
-        return []
-
     def _read(self, data: Dict[str, Any]) -> Dict[str, Any]:
-        image = request_image(data.get("image"), self.datastore_root, "loris")
-        data["image"] = image
-        height, width = image.shape
+        data = super()._read(data)
+        height, width = data["image"].shape
         with user_errors("loris"):
             data["box"] = request_box(data, width, height)
             metric = data.get("metric")

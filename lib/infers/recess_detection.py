@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Dict
 
 import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferType
-from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.generic import name_to_device
 
 from lib.data.imageio import write_png
+from lib.infers.base import DatastoreImageInfer
 from lib.infers.http_errors import user_errors
 from lib.infers.model_cache import ModelCache
-from lib.infers.params import request_image
 
 
 def _load_detector(model_dir: Path, device: str):
@@ -39,8 +38,10 @@ def detector_cache(model_dir: Path) -> ModelCache:
     return ModelCache.for_dir(model_dir, _load_detector, "recess_detection")
 
 
-class RecessDetectionInfer(BasicInferTask):
+class RecessDetectionInfer(DatastoreImageInfer):
     """Propose the recess box of one image."""
+
+    task_name = "recess_detection"
 
     def __init__(self, model_dir: Path, datastore_root: Path,
                  description: str = "Recess detector: the box around the suprapatellar recess"):
@@ -55,19 +56,6 @@ class RecessDetectionInfer(BasicInferTask):
         self.model_dir = Path(model_dir)
         self.datastore_root = Path(datastore_root)
         self._detector = detector_cache(self.model_dir)
-
-    def is_valid(self) -> bool:
-        return True  # listed even before training: infer then answers "not trained yet"
-
-    def pre_transforms(self, data=None) -> Sequence[Callable]:
-        return [self._read]
-
-    def post_transforms(self, data=None) -> Sequence[Callable]:
-        return []
-
-    def _read(self, data: Dict[str, Any]) -> Dict[str, Any]:
-        data["image"] = request_image(data.get("image"), self.datastore_root, "recess_detection")
-        return data
 
     def run_inferer(self, data: Dict[str, Any], convert_to_batch=True, device="cuda"):
         image = data["image"]
