@@ -25,6 +25,17 @@ APP_DIR = REPO / "monailabel_app"
 STARTUP_TIMEOUT_S = 120
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test runs torch on one thread: the CI machine has 2 cores, and two threads under load were slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "server: starts a real MONAI Label server subprocess (the `server` fixture)")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from lib.data.imageio import write_png
 from lib.data.records import Record
@@ -38,14 +37,6 @@ def make_records(folder, n_patients: int, per_patient: int, seed: int = 0, n_dis
             records.append(Record(image=path.stem, image_path=path, patient_id=f"p{p:02d}",
                                   label="distended" if distended else "normal", box=box))
     return records
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")
