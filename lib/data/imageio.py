@@ -19,6 +19,8 @@ from lib.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+_UINT8_TO_UNIT = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
+"""``v / 255`` of every 8-bit level, computed in float64 and rounded once to float32."""
 
 
 def image_name(path: str | os.PathLike) -> str:
@@ -39,6 +41,8 @@ def _to_gray_unit(array: np.ndarray, source: str, full_scale: float | None = Non
         array = array[..., 0]
     if array.ndim != 2:
         raise DataError(f"{source}: expected a 2D image (H, W) or colour (H, W, 3), got shape {tuple(np.shape(array))}")
+    if array.dtype == np.uint8 and full_scale in (None, 255.0):
+        return _UINT8_TO_UNIT[array]  # the same values as the general path below, by table look-up
     if np.issubdtype(np.asarray(array).dtype, np.integer) or array.dtype == bool:
         if full_scale is None:
             full_scale = 255.0 if array.max(initial=0) <= 255 else float(np.iinfo(np.uint16).max)

@@ -31,7 +31,7 @@ from lib.loris import preprocess
 from lib.loris.anomaly import anomaly_maps, check_metric
 from lib.loris.model_files import load_model
 from lib.loris.network import InferenceNetwork, build_network
-from lib.loris.postprocess import box_region, box_scores, segment
+from lib.loris.postprocess import box_scores, segment, segment_in_box
 from lib.loris.reconstruction import reconstruct
 from lib.loris.settings import LorisSettings
 
@@ -153,12 +153,21 @@ class LorisPredictor:
     # --- network grid ---------------------------------------------------------------------------------------
     def network_outputs(self, images: Sequence[np.ndarray], boxes: Sequence[Box], metrics=None) -> NetworkOutputs:
         """One forward pass for a batch of images ``(H, W)`` in ``[0, 1]`` and their boxes (original pixels)."""
-        metrics = tuple(metrics or (self.settings.metric,))
+        x, grid_boxes, recons = self._forward(images, boxes)
+        return self._maps(x, grid_boxes, recons, tuple(metrics or (self.settings.metric,)))
+
+    def _forward(self, images, boxes) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """``(x, grid_boxes, reconstructions)`` on the grid (see :func:`lib.loris.reconstruction.reconstruct`)."""
         x, grid_boxes = preprocess.batch(images, boxes, self.settings.image_size)
         x, grid_boxes = x.to(self.device), grid_boxes.to(self.device)
         generator = torch.Generator().manual_seed(self.settings.seed)  # RIAD masks: same result every call
         with torch.inference_mode():
             recons = reconstruct(self.network, x, grid_boxes, self.settings, generator=generator)
+        return x, grid_boxes, recons
+
+    def _maps(self, x, grid_boxes, recons, metrics) -> NetworkOutputs:
+        """Anomaly maps and scores of :meth:`_forward`'s output (RIAD: averaged over the cell sizes)."""
+        with torch.inference_mode():
             maps = None
             for r in recons:
                 m = anomaly_maps(x, r, metrics)
@@ -182,13 +191,17 @@ class LorisPredictor:
 
     # --- original geometry ----------------------------------------------------------------------------------
     def predict_batch(self, images: Sequence[np.ndarray], boxes: Sequence[Box], metrics=None,
-                      batch_size: int = 16) -> list[dict[str, Prediction]]:
+                      batch_size: int = 16, on_reconstruction=None) -> list[dict[str, Prediction]]:
         """Predictions for many images, every requested metric from one forward pass per batch.
 
         Args:
             images: ``(H, W)`` float arrays in ``[0, 1]`` (sizes may differ).
             boxes: one box per image, original pixels (validated).
             metrics: metrics to return (default: the model's metric).
+            on_reconstruction: optional ``f(index, reconstruction)``, called with each image's
+                reconstruction (``(H, W)`` float32 in ``[0, 1]``, the array the prediction will hold) as
+                soon as the forward pass has made it, before the anomaly maps are computed; lets a caller
+                start writing it meanwhile (:func:`predict_to_files`).
 
         Returns:
             one ``{metric: Prediction}`` per image.
@@ -207,27 +220,44 @@ class LorisPredictor:
         for start in range(0, len(images), batch_size):
             chunk = [np.asarray(im, dtype=np.float32) for im in images[start:start + batch_size]]
             cboxes = checked[start:start + batch_size]
-            res = self.network_outputs(chunk, cboxes, metrics)
+            x, grid_boxes, recons = self._forward(chunk, cboxes)
+            recon_grid = recons[0] if len(recons) == 1 else torch.stack(recons).mean(dim=0)
+            recons_here = []
+            for j, img in enumerate(chunk):
+                recon = _unit_image(recon_grid[j], img.shape)
+                recons_here.append(recon)
+                if on_reconstruction is not None:
+                    on_reconstruction(start + j, recon)
+            res = self._maps(x, grid_boxes, recons, metrics)
             for j, (img, box) in enumerate(zip(chunk, cboxes)):
                 h, w = img.shape
-                recon = np.clip(preprocess.to_unit_range(preprocess.to_original(res.reconstruction[j], (w, h))), 0, 1)
-                region = box_region(box, h, w) if self.settings.segment_in_box else None
                 per_metric = {}
                 for m in metrics:
                     thr, pthr = thresholds[m]
                     amap = preprocess.to_original(res.maps[m][j], (w, h))
                     score = float(res.scores[m][j])
+                    mask = segment_in_box(amap, pthr, box) if self.settings.segment_in_box else segment(amap, pthr)
                     per_metric[m] = Prediction(
-                        box=box, reconstruction=recon, anomaly_map=amap, score=score, distended=bool(score >= thr),
-                        mask=segment(amap, pthr, region), threshold=thr, pixel_threshold=pthr, metric=m,
+                        box=box, reconstruction=recons_here[j], anomaly_map=amap, score=score,
+                        distended=bool(score >= thr), mask=mask, threshold=thr, pixel_threshold=pthr, metric=m,
                     )
                 results.append(per_metric)
         return results
 
-    def predict(self, image: np.ndarray, box: Box, metric: str | None = None) -> Prediction:
-        """LoRIS on one image ``(H, W)`` in ``[0, 1]`` with its recess ``box`` (original pixels)."""
+    def predict(self, image: np.ndarray, box: Box, metric: str | None = None, on_reconstruction=None) -> Prediction:
+        """LoRIS on one image ``(H, W)`` in ``[0, 1]`` with its recess ``box`` (original pixels).
+
+        ``on_reconstruction``: as in :meth:`predict_batch` (``index`` is 0).
+        """
         metric = metric or self.settings.metric
-        return self.predict_batch([image], [box], (metric,))[0][metric]
+        return self.predict_batch([image], [box], (metric,), on_reconstruction=on_reconstruction)[0][metric]
+
+
+def _unit_image(recon: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+    """A grid reconstruction ``(1, S, S)`` in ``[-1, 1]`` -> float32 ``(H, W)`` in ``[0, 1]`` (resized, clipped)."""
+    h, w = shape
+    t = preprocess.resize(recon.reshape(1, 1, *recon.shape[-2:]).float(), (h, w))[0, 0]
+    return preprocess.to_unit_range(t).clamp_(0.0, 1.0).cpu().numpy()
 
 
 def write_nrrd(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -18,6 +18,15 @@ def test_png_reads_as_unit_float_grayscale_in_row_column_order(tmp_path):
     assert image_size(tmp_path / "a.png") == (5, 3)
 
 
+def test_every_8_bit_level_reads_as_its_float32_rounded_fraction_of_255(tmp_path):
+    levels = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(levels).save(tmp_path / "levels.png")
+    expected = (levels.astype(np.float64) / 255.0).astype(np.float32)
+    np.testing.assert_array_equal(read_image(tmp_path / "levels.png"), expected)
+    Image.fromarray(levels.astype(np.uint16) * 257).save(tmp_path / "levels16.png")  # 16-bit: the general path
+    np.testing.assert_allclose(read_image(tmp_path / "levels16.png"), expected, atol=1e-7)
+
+
 def test_rgb_png_is_converted_with_luma_weights(tmp_path):
     rgb = np.zeros((2, 2, 3), np.uint8)
     rgb[..., 1] = 255

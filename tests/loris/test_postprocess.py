@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from lib.errors import DataError
-from lib.loris.postprocess import box_region, box_scores, clean_mask, segment
+from lib.loris.postprocess import box_region, box_scores, clean_mask, segment, segment_in_box
 
 
 def test_segmentation_removes_an_isolated_pixel_and_fills_a_one_pixel_hole():
@@ -45,3 +46,29 @@ def test_scores_pool_the_map_inside_the_box():
     np.testing.assert_allclose(box_scores(maps, boxes, "max").numpy(), [4.0, 2.0])
     with pytest.raises(DataError, match="mean, max"):
         box_scores(maps, boxes, "median")
+
+
+def _scipy_clean_mask(mask: np.ndarray) -> np.ndarray:
+    """The definition: SciPy's binary closing of the zero-padded mask, then its binary opening (3x3 square)."""
+    lead = mask.ndim - 2
+    structure = np.ones((1,) * lead + (3, 3), dtype=bool)
+    padded = np.pad(mask, [(0, 0)] * lead + [(1, 1), (1, 1)])
+    closed = ndimage.binary_closing(padded, structure=structure)[..., 1:-1, 1:-1]
+    return ndimage.binary_opening(closed, structure=structure)
+
+
+@pytest.mark.parametrize("density", [0.2, 0.5, 0.8, 0.95])
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (5, 5), (31, 47), (3, 17, 12)])
+def test_clean_mask_equals_scipy_binary_closing_then_opening(density, shape):
+    rng = np.random.default_rng(int(density * 100) + len(shape))
+    mask = rng.random(shape) < density
+    np.testing.assert_array_equal(clean_mask(mask), _scipy_clean_mask(mask))
+
+
+@pytest.mark.parametrize("box", [(0, 0, 40, 30), (3, 4, 20, 17), (0, 10, 7, 30), (38, 0, 40, 2), (5, 5, 6, 6)])
+def test_segment_in_box_equals_segmenting_the_whole_map_within_the_box_region(box):
+    rng = np.random.default_rng(sum(box))
+    amap = rng.random((30, 40)).astype(np.float32)
+    for threshold in (0.2, 0.5, 0.8):
+        np.testing.assert_array_equal(segment_in_box(amap, threshold, box),
+                                      segment(amap, threshold, box_region(box, 30, 40)))
