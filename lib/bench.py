@@ -24,7 +24,9 @@ What is measured (times in milliseconds; p50/p95 over repeated requests):
 - ``pipeline_ms``: one image end to end in-process, through
   :func:`lib.loris.infer.run_inference` with a loaded predictor (read PNG,
   resize, mask, reconstruct, anomaly map, score, segmentation, write
-  ``reconstruction.png``, ``anomaly_map.nrrd``, ``mask.png``, ``result.json``);
+  ``reconstruction.png``, ``anomaly_map.nrrd``, ``mask.png``, ``result.json``
+  into a new folder each time, as one ``infer --out`` per image does: on ext4,
+  renaming over an earlier run's files costs ~0.6 ms more per file);
   ``pipeline_outside_forward_share`` = ``1 - forward_ms.p50 / pipeline_ms.p50``
   and ``pipeline_to_forward_ratio`` = ``pipeline_ms.p50 / forward_ms.p50`` (``_min``: the same of
   the fastest runs, the least disturbed by other processes on a shared machine).
@@ -46,7 +48,8 @@ What is measured (times in milliseconds; p50/p95 over repeated requests):
   ``train_ratio_to_bare`` = their ratio (1.0 = the loop adds nothing).
 
 The forward, the in-process pipeline and the REST request also run
-round-robin, one of each in turn.
+round-robin, one of each in turn, with a 5 ms pause after each
+(:data:`SETTLE_S`).
 
 Data and model: synthetic knee-ultrasound frames (:mod:`lib.data.synthetic`,
 640 x 480 by default) in a temporary work folder (``--workdir`` keeps it); the
@@ -101,11 +104,15 @@ class Plan:
 
 
 FULL = Plan(quick=False, image_size=256, frame_size=(640, 480), matmul_n=2048, unet_repeats=5,
-            latency_repeats=20, patients=10, train_images=16, train_epochs=3)
+            latency_repeats=40, patients=10, train_images=16, train_epochs=3)
 QUICK = Plan(quick=True, image_size=64, frame_size=(160, 128), matmul_n=1024, unet_repeats=3,
              latency_repeats=5, patients=4, train_images=8, train_epochs=2)
 BATCHES = (1, 16)
 WARMUP = 2
+SETTLE_S = 0.005
+"""Pause after each latency task. Without it the forward timed right after a REST request ran 25 % slower
+(the server still finishing that request: 14.8 ms against 11.4 ms p50 on the 2-core machine of the README);
+5 ms was enough, and longer pauses only let caches and clocks cool."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -128,11 +135,14 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(tasks: dict, repeats: int, warmup: int = WARMUP, device="cpu") -> dict[str, list[float]]:
+def interleaved(tasks: dict, repeats: int, warmup: int = WARMUP, device="cpu",
+                settle_s: float = 0.0) -> dict[str, list[float]]:
     """Milliseconds of each ``tasks[name]()``, run round-robin (a, b, c, a, b, c, ...) after ``warmup`` rounds.
 
     Round-robin makes every task see the same background load, so that ratios between them hold on a
-    shared machine even when absolute times drift.
+    shared machine even when absolute times drift. ``settle_s``: a pause after every task, so that work a
+    task leaves running once it has returned (a server finishing a request after its answer is received)
+    is not timed as part of the next task.
     """
     for _ in range(warmup):
         for fn in tasks.values():
@@ -145,6 +155,8 @@ def interleaved(tasks: dict, repeats: int, warmup: int = WARMUP, device="cpu") -
             fn()
             _sync(device)
             out[name].append((time.perf_counter() - t0) * 1e3)
+            if settle_s:
+                time.sleep(settle_s)
     return out
 
 
@@ -273,7 +285,7 @@ def measure_latency(predictor, model_dir: Path, files: list, out_root: Path, ser
     def pipeline():
         i = count["pipeline"] = count["pipeline"] + 1
         path, box = files[i % len(files)]
-        run_inference(model_dir, path, box, out_root / f"run{i % 4}", predictor=predictor)
+        run_inference(model_dir, path, box, out_root / f"run{i}", predictor=predictor)  # a new folder, as per image
 
     def rest():
         i = count["rest"] = count["rest"] + 1
@@ -294,7 +306,8 @@ def measure_latency(predictor, model_dir: Path, files: list, out_root: Path, ser
     idle = sampler.sample()
     try:
         with sampler:
-            ms = interleaved({"forward": forward, "pipeline": pipeline, "rest": rest}, repeats, device=device)
+            ms = interleaved({"forward": forward, "pipeline": pipeline, "rest": rest}, repeats, device=device,
+                             settle_s=SETTLE_S)
     finally:
         session.close()
     return {"forward_ms": percentiles(ms["forward"]), "pipeline_ms": percentiles(ms["pipeline"]),

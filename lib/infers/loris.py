@@ -114,7 +114,7 @@ class LorisInfer(DatastoreImageInfer):
                         "send params {\"box\": [x_min, y_min, x_max, y_max]}"
                     )
                 box, source, confidence = list(found.box), "detector", float(found.confidence)
-            prediction = predictor.predict(image, tuple(box), metric=data["metric"])
+            prediction = predictor.predict(image, tuple(box), metric=data["metric"], with_reconstruction=False)
         data["prediction"] = prediction
         data["result"] = {
             "score": float(prediction.score),
@@ -134,7 +134,8 @@ class LorisInfer(DatastoreImageInfer):
         prediction = data["prediction"]
         if self.output == "segmentation":
             path = tempfile.NamedTemporaryFile(suffix=".png", delete=False).name
-            write_png(path, np.asarray(prediction.mask, dtype=bool).astype(np.uint8))
+            label = np.asarray(prediction.mask, dtype=bool).astype(np.uint8)  # label value 1 = distended
+            write_png(path, label, compress_level=1, row_filters=False)
         else:
             path = tempfile.NamedTemporaryFile(suffix=".nrrd", delete=False).name
             write_nrrd(path, np.asarray(prediction.anomaly_map, dtype=np.float32))

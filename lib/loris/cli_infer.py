@@ -59,9 +59,8 @@ def main(args: argparse.Namespace) -> int:
         extra.update(box_source="detector", detector_confidence=detection.confidence)
     else:
         raise DataError("give the recess box with --box X_MIN Y_MIN X_MAX Y_MAX, or a detector with --detector MODEL_DIR")
-    prediction = predictor.predict(image, box, args.metric)
     extra.update(image=str(args.image), image_size=[w, h], pooling=predictor.settings.pooling, model=str(args.model))
-    result = write_outputs(prediction, args.out, extra)
+    result = write_outputs(predictor.predict(image, box, args.metric), args.out, extra)
     print(json.dumps({k: v for k, v in result.items() if k != "files"}, indent=2))
     print(f"wrote {', '.join(result['files'].values())} to {args.out}")
     return 0

@@ -6,25 +6,30 @@ computed from it (:meth:`LorisPredictor.predict_batch`). Scores are pooled on
 the network grid (as in calibration); maps, reconstructions and masks are
 returned in the original image geometry.
 
-:func:`run_inference` writes, for one image: ``reconstruction.png`` (8-bit,
-``[0, 1]``), ``anomaly_map.nrrd`` (float32, the image's pixel grid: x = column,
-y = row, origin 0, spacing 1), ``mask.png`` (0/255) and ``result.json``, each
-atomically, after everything has been computed (nothing is written on error).
+:func:`run_inference` (an image file) and :func:`write_outputs` (a prediction)
+write, for one image: ``reconstruction.png`` (8-bit, ``[0, 1]``),
+``anomaly_map.nrrd`` (float32, the image's pixel grid: x = column, y = row,
+origin 0, spacing 1), ``mask.png`` (0/255) and ``result.json``. The three images
+are written concurrently under temporary names and renamed into place once all
+of them succeeded (:class:`OutputFiles`); nothing is written when the
+prediction fails.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import secrets
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import nrrd
 import numpy as np
 import torch
 
 from lib.data.atomic import atomic_path, write_json
-from lib.data.imageio import read_image, write_png
+from lib.data.imageio import encode_png_unfiltered, read_image, to_uint8
 from lib.data.records import Box, validate_box
 from lib.errors import DataError, ModelError, NotTrainedError
 from lib.loris import preprocess
@@ -59,7 +64,7 @@ class Prediction:
 
     Attributes:
         box: the recess box used (original pixels).
-        reconstruction: ``(H, W)`` float32 in ``[0, 1]``.
+        reconstruction: ``(H, W)`` float32 in ``[0, 1]``; None when not asked for.
         anomaly_map: ``(H, W)`` float32 (0 = normal).
         score: the map pooled in the box (on the network grid).
         distended: ``score >= threshold``.
@@ -69,7 +74,7 @@ class Prediction:
     """
 
     box: Box
-    reconstruction: np.ndarray
+    reconstruction: np.ndarray | None
     anomaly_map: np.ndarray
     score: float
     distended: bool
@@ -153,21 +158,12 @@ class LorisPredictor:
     # --- network grid ---------------------------------------------------------------------------------------
     def network_outputs(self, images: Sequence[np.ndarray], boxes: Sequence[Box], metrics=None) -> NetworkOutputs:
         """One forward pass for a batch of images ``(H, W)`` in ``[0, 1]`` and their boxes (original pixels)."""
-        x, grid_boxes, recons = self._forward(images, boxes)
-        return self._maps(x, grid_boxes, recons, tuple(metrics or (self.settings.metric,)))
-
-    def _forward(self, images, boxes) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """``(x, grid_boxes, reconstructions)`` on the grid (see :func:`lib.loris.reconstruction.reconstruct`)."""
+        metrics = tuple(metrics or (self.settings.metric,))
         x, grid_boxes = preprocess.batch(images, boxes, self.settings.image_size)
         x, grid_boxes = x.to(self.device), grid_boxes.to(self.device)
         generator = torch.Generator().manual_seed(self.settings.seed)  # RIAD masks: same result every call
         with torch.inference_mode():
             recons = reconstruct(self.network, x, grid_boxes, self.settings, generator=generator)
-        return x, grid_boxes, recons
-
-    def _maps(self, x, grid_boxes, recons, metrics) -> NetworkOutputs:
-        """Anomaly maps and scores of :meth:`_forward`'s output (RIAD: averaged over the cell sizes)."""
-        with torch.inference_mode():
             maps = None
             for r in recons:
                 m = anomaly_maps(x, r, metrics)
@@ -191,17 +187,15 @@ class LorisPredictor:
 
     # --- original geometry ----------------------------------------------------------------------------------
     def predict_batch(self, images: Sequence[np.ndarray], boxes: Sequence[Box], metrics=None,
-                      batch_size: int = 16, on_reconstruction=None) -> list[dict[str, Prediction]]:
+                      batch_size: int = 16, with_reconstruction: bool = True) -> list[dict[str, Prediction]]:
         """Predictions for many images, every requested metric from one forward pass per batch.
 
         Args:
             images: ``(H, W)`` float arrays in ``[0, 1]`` (sizes may differ).
             boxes: one box per image, original pixels (validated).
             metrics: metrics to return (default: the model's metric).
-            on_reconstruction: optional ``f(index, reconstruction)``, called with each image's
-                reconstruction (``(H, W)`` float32 in ``[0, 1]``, the array the prediction will hold) as
-                soon as the forward pass has made it, before the anomaly maps are computed; lets a caller
-                start writing it meanwhile (:func:`predict_to_files`).
+            with_reconstruction: False skips bringing the reconstruction back to the image geometry
+                (``Prediction.reconstruction`` is None; a server answering with the mask only).
 
         Returns:
             one ``{metric: Prediction}`` per image.
@@ -220,17 +214,10 @@ class LorisPredictor:
         for start in range(0, len(images), batch_size):
             chunk = [np.asarray(im, dtype=np.float32) for im in images[start:start + batch_size]]
             cboxes = checked[start:start + batch_size]
-            x, grid_boxes, recons = self._forward(chunk, cboxes)
-            recon_grid = recons[0] if len(recons) == 1 else torch.stack(recons).mean(dim=0)
-            recons_here = []
-            for j, img in enumerate(chunk):
-                recon = _unit_image(recon_grid[j], img.shape)
-                recons_here.append(recon)
-                if on_reconstruction is not None:
-                    on_reconstruction(start + j, recon)
-            res = self._maps(x, grid_boxes, recons, metrics)
+            res = self.network_outputs(chunk, cboxes, metrics)
             for j, (img, box) in enumerate(zip(chunk, cboxes)):
                 h, w = img.shape
+                recon = _unit_image(res.reconstruction[j], (h, w)) if with_reconstruction else None
                 per_metric = {}
                 for m in metrics:
                     thr, pthr = thresholds[m]
@@ -238,19 +225,17 @@ class LorisPredictor:
                     score = float(res.scores[m][j])
                     mask = segment_in_box(amap, pthr, box) if self.settings.segment_in_box else segment(amap, pthr)
                     per_metric[m] = Prediction(
-                        box=box, reconstruction=recons_here[j], anomaly_map=amap, score=score,
-                        distended=bool(score >= thr), mask=mask, threshold=thr, pixel_threshold=pthr, metric=m,
+                        box=box, reconstruction=recon, anomaly_map=amap, score=score, distended=bool(score >= thr),
+                        mask=mask, threshold=thr, pixel_threshold=pthr, metric=m,
                     )
                 results.append(per_metric)
         return results
 
-    def predict(self, image: np.ndarray, box: Box, metric: str | None = None, on_reconstruction=None) -> Prediction:
-        """LoRIS on one image ``(H, W)`` in ``[0, 1]`` with its recess ``box`` (original pixels).
-
-        ``on_reconstruction``: as in :meth:`predict_batch` (``index`` is 0).
-        """
+    def predict(self, image: np.ndarray, box: Box, metric: str | None = None,
+                with_reconstruction: bool = True) -> Prediction:
+        """LoRIS on one image ``(H, W)`` in ``[0, 1]`` with its recess ``box`` (original pixels)."""
         metric = metric or self.settings.metric
-        return self.predict_batch([image], [box], (metric,), on_reconstruction=on_reconstruction)[0][metric]
+        return self.predict_batch([image], [box], (metric,), with_reconstruction=with_reconstruction)[0][metric]
 
 
 def _unit_image(recon: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
@@ -260,15 +245,36 @@ def _unit_image(recon: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
     return preprocess.to_unit_range(t).clamp_(0.0, 1.0).cpu().numpy()
 
 
-def write_nrrd(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write a float32 ``(H, W)`` map atomically as NRRD: x = column, y = row, origin 0, spacing 1."""
-    import SimpleITK as sitk
+NRRD_HEADER = {
+    "encoding": "raw",  # anomaly maps barely compress; gzip would take ~10x longer to write
+    "space dimension": 2,
+    "space directions": [[1.0, 0.0], [0.0, 1.0]],
+    "space origin": [0.0, 0.0],
+    "kinds": ["domain", "domain"],
+}
+"""NRRD fields of ``anomaly_map.nrrd``: the image's pixel grid (x = column, y = row), origin 0, spacing 1."""
 
-    img = sitk.GetImageFromArray(np.asarray(array, dtype=np.float32))
-    img.SetOrigin((0.0, 0.0))
-    img.SetSpacing((1.0, 1.0))
+
+def _write_map_file(path: str | os.PathLike, array: np.ndarray) -> None:
+    # pynrrd: the header in Python, the pixels by one file write, which releases the GIL (SimpleITK's writer
+    # holds it, and would stall the other outputs' writer threads for its whole duration).
+    nrrd.write(str(path), np.ascontiguousarray(array, dtype=np.float32), NRRD_HEADER, index_order="C")
+
+
+def _write_reconstruction_file(path: str | os.PathLike, reconstruction: np.ndarray) -> None:
+    # stored (zlib level 0, rows unfiltered): speckle barely compresses, and level 1 would take ~20x longer
+    Path(path).write_bytes(encode_png_unfiltered(to_uint8(reconstruction), 0))
+
+
+def _write_mask_file(path: str | os.PathLike, mask: np.ndarray) -> None:
+    # 0/255, zlib level 1, rows unfiltered: a few kB
+    Path(path).write_bytes(encode_png_unfiltered(np.asarray(mask, dtype=np.uint8) * np.uint8(255), 1))
+
+
+def write_nrrd(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write a float32 ``(H, W)`` map atomically as raw NRRD (:data:`NRRD_HEADER`)."""
     with atomic_path(path, suffix=".nrrd") as tmp:
-        sitk.WriteImage(img, str(tmp), useCompression=False)  # raw: ~10x faster to write; anomaly maps barely compress
+        _write_map_file(tmp, array)
 
 
 _WRITERS: ThreadPoolExecutor | None = None
@@ -281,25 +287,92 @@ def _writers() -> ThreadPoolExecutor:
     return _WRITERS
 
 
-def write_outputs(prediction: Prediction, out_dir: str | os.PathLike, extra: dict | None = None) -> dict:
-    """Write a prediction's files into ``out_dir`` (each atomically); returns the ``result.json`` dict.
+_FILE_WRITERS = {
+    "reconstruction": _write_reconstruction_file,
+    "anomaly_map": _write_map_file,
+    "mask": _write_mask_file,
+}
+"""How each output of :data:`OUTPUT_FILES` (but ``result``) is written: ``writer(path, array)``."""
 
-    The three images are encoded and written concurrently (zlib and file writes release the GIL);
-    ``result.json`` is written last, once all three are in place.
+
+class OutputFiles:
+    """The files of one run in ``out_dir``, written concurrently and put in place together.
+
+    :meth:`submit` starts writing one file on a worker thread under a hidden temporary name in
+    ``out_dir`` (zlib and file writes release the GIL, so the writes overlap each other and the
+    caller's thread). :meth:`commit` waits for them, renames each onto its name in
+    :data:`OUTPUT_FILES` and writes ``result.json`` last. Used as a context manager: if a write fails,
+    or the block raises before :meth:`commit`, every temporary file is removed and none of this run's
+    files appear (files of an earlier run in ``out_dir`` stay as they were).
     """
-    out_dir = Path(out_dir)
+
+    def __init__(self, out_dir: str | os.PathLike) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._jobs: dict[str, tuple[Future, Path]] = {}
+
+    def submit(self, kind: str, array: np.ndarray) -> None:
+        """Start writing ``array`` as the output ``kind`` (``reconstruction``, ``anomaly_map`` or ``mask``)."""
+        if kind not in _FILE_WRITERS or kind in self._jobs:
+            raise ValueError(f"output {kind!r}: expected one of {', '.join(_FILE_WRITERS)}, each once")
+        name = OUTPUT_FILES[kind]
+        tmp = self.out_dir / f".{name}.{secrets.token_hex(8)}.tmp{Path(name).suffix}"
+        self._jobs[kind] = (_writers().submit(_FILE_WRITERS[kind], tmp, array), tmp)
+
+    def commit(self, result: dict) -> dict:
+        """Wait for every write (re-raising the first failure), rename the files into place, write ``result``."""
+        errors = []
+        for future, _ in self._jobs.values():
+            try:
+                future.result()
+            except BaseException as exc:  # noqa: BLE001 - every write is waited for before anything is renamed
+                errors.append(exc)
+        if errors:
+            self.discard()
+            raise errors[0]
+        try:  # a rename fails only when the target cannot be replaced (a folder in the way): the rest is dropped
+            for kind, (_, tmp) in list(self._jobs.items()):
+                os.replace(tmp, self.out_dir / OUTPUT_FILES[kind])
+                del self._jobs[kind]
+        except OSError:
+            self.discard()
+            raise
+        write_json(self.out_dir / OUTPUT_FILES["result"], result)
+        return result
+
+    def discard(self) -> None:
+        """Wait for the writes still running and remove their temporary files."""
+        for future, tmp in self._jobs.values():
+            try:
+                future.result()
+            except BaseException:  # noqa: BLE001 - the file is removed either way
+                pass
+            tmp.unlink(missing_ok=True)
+        self._jobs.clear()
+
+    def __enter__(self) -> "OutputFiles":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()  # after a commit there is nothing left to discard
+
+
+def result_dict(prediction: Prediction, extra: dict | None = None) -> dict:
+    """The ``result.json`` content of ``prediction``: its scalars, ``extra``, the file names, ``mask_pixels``."""
     result = {**prediction.to_json(), **(extra or {}), "files": dict(OUTPUT_FILES)}
-    result["mask_pixels"] = int(prediction.mask.sum())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [
-        _writers().submit(write_png, out_dir / OUTPUT_FILES["reconstruction"], prediction.reconstruction, 1),
-        _writers().submit(write_nrrd, out_dir / OUTPUT_FILES["anomaly_map"], prediction.anomaly_map),
-        _writers().submit(write_png, out_dir / OUTPUT_FILES["mask"], prediction.mask),
-    ]
-    for job in jobs:
-        job.result()  # re-raises a failed write
-    write_json(out_dir / OUTPUT_FILES["result"], result)
+    result["mask_pixels"] = int(np.count_nonzero(prediction.mask))
     return result
+
+
+def write_outputs(prediction: Prediction, out_dir: str | os.PathLike, extra: dict | None = None) -> dict:
+    """Write a prediction's files into ``out_dir`` (see :class:`OutputFiles`); returns the ``result.json`` dict."""
+    if prediction.reconstruction is None:
+        raise ValueError("write_outputs needs the reconstruction: predict with with_reconstruction=True")
+    with OutputFiles(out_dir) as files:
+        files.submit("reconstruction", prediction.reconstruction)
+        files.submit("anomaly_map", prediction.anomaly_map)
+        files.submit("mask", prediction.mask)
+        return files.commit(result_dict(prediction, extra))
 
 
 def run_inference(model_dir: str | os.PathLike, image_path: str | os.PathLike, box: Box, out_dir: str | os.PathLike,
@@ -307,7 +380,8 @@ def run_inference(model_dir: str | os.PathLike, image_path: str | os.PathLike, b
                   predictor: LorisPredictor | None = None, box_source: str = "request") -> dict:
     """LoRIS on one image file; writes :data:`OUTPUT_FILES` into ``out_dir`` and returns the result dict.
 
-    Everything (model, image, box, prediction) is checked and computed before the first file is written.
+    Model, image and box are checked before anything runs; the files appear only once all of them are
+    written (:class:`OutputFiles`).
 
     Raises:
         ModelError / NotTrainedError: bad model directory.
@@ -317,7 +391,6 @@ def run_inference(model_dir: str | os.PathLike, image_path: str | os.PathLike, b
     image = read_image(image_path)
     h, w = image.shape
     box = validate_box(box, w, h, f"{image_path}: box")
-    prediction = predictor.predict(image, box, metric)
     extra = {
         "image": str(image_path),
         "image_size": [w, h],
@@ -325,4 +398,4 @@ def run_inference(model_dir: str | os.PathLike, image_path: str | os.PathLike, b
         "box_source": box_source,
         "model": str(model_dir),
     }
-    return write_outputs(prediction, out_dir, extra)
+    return write_outputs(predictor.predict(image, box, metric), out_dir, extra)

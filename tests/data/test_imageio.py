@@ -2,9 +2,10 @@
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from PIL import Image
 
-from lib.data.imageio import image_name, image_size, read_image, read_mask, write_png
+from lib.data.imageio import encode_png_unfiltered, image_name, image_size, read_image, read_mask, write_png
 from lib.errors import DataError
 
 
@@ -94,3 +95,30 @@ def test_atomic_writes_are_readable_by_other_users(tmp_path):
     write_png(tmp_path / "m.png", np.zeros((2, 2), bool))
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "m.png").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (480, 640), (17, 1)])
+@pytest.mark.parametrize("level", [0, 1, 9])
+def test_unfiltered_png_decodes_to_the_same_pixels_in_pil_and_itk(tmp_path, shape, level):
+    rng = np.random.default_rng(level + shape[0])
+    array = rng.integers(0, 256, shape).astype(np.uint8)
+    write_png(tmp_path / "u.png", array, compress_level=level, row_filters=False)
+    with Image.open(tmp_path / "u.png") as img:
+        assert img.mode == "L" and img.size == (shape[1], shape[0])
+        np.testing.assert_array_equal(np.asarray(img), array)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "u.png"))), array)
+    np.testing.assert_array_equal(read_image(tmp_path / "u.png"), array / np.float32(255))
+
+
+def test_unfiltered_png_of_a_mask_reads_back_as_the_mask_and_stays_small(tmp_path):
+    mask = np.zeros((480, 640), bool)
+    mask[100:200, 300:420] = True
+    write_png(tmp_path / "m.png", mask, compress_level=1, row_filters=False)
+    np.testing.assert_array_equal(read_mask(tmp_path / "m.png"), mask)
+    assert (tmp_path / "m.png").stat().st_size < 5000
+
+
+def test_unfiltered_png_refuses_what_it_cannot_encode():
+    for bad in (np.zeros((0, 4), np.uint8), np.zeros((2, 2), np.float32), np.zeros((2, 2, 3), np.uint8)):
+        with pytest.raises(ValueError, match="uint8"):
+            encode_png_unfiltered(bad)

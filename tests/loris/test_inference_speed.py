@@ -1,5 +1,5 @@
 """The inference speed-ups keep LoRIS's outputs: exact median filter, folded/channels-last network, segmentation
-of the box crop, raw NRRD, PNG at zlib level 1, the output files written concurrently.
+of the box crop, raw NRRD, unfiltered PNGs, the output files written concurrently and put in place together.
 
 Stated tolerance (float32 rounding of the folded batch norms; see lib.loris.network.InferenceNetwork):
 reconstructions and anomaly maps within ``TOL = 1e-4`` (absolute, intensities in ``[-1, 1]`` / ``[0, 1]``),
@@ -8,6 +8,7 @@ scores within ``TOL``, decisions and segmentation masks identical except where t
 """
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
@@ -182,3 +183,39 @@ def test_a_failed_write_raises_and_leaves_no_result_json(tmp_path):
     else:
         raise AssertionError("write_outputs must raise when a file cannot be written")
     assert not (out / OUTPUT_FILES["result"]).exists()
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_when_one_write_fails_no_file_of_the_run_appears_and_earlier_outputs_stay(tmp_path, monkeypatch):
+    import lib.loris.infer as infer
+
+    out = tmp_path / "out"
+    first = write_outputs(_prediction(), out)
+    before = {name: (out / name).read_bytes() for name in OUTPUT_FILES.values()}
+
+    def broken(path, array):
+        raise OSError("disk full")
+
+    monkeypatch.setitem(infer._FILE_WRITERS, "mask", broken)
+    changed = _prediction()
+    changed.reconstruction[:] = 0.0
+    with pytest.raises(OSError, match="disk full"):
+        write_outputs(changed, out, {"run": 2})
+    assert {name: (out / name).read_bytes() for name in OUTPUT_FILES.values()} == before
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES.values())  # no temporary file left
+    assert first["files"] == OUTPUT_FILES
+
+
+def test_predicting_without_the_reconstruction_changes_nothing_else(tmp_path):
+    settings = LorisSettings(image_size=32, channels=(4, 8, 16), strides=(2, 2))
+    calibration = {"msgmsd": {"threshold": 0.05, "pixel_threshold": 0.05}}
+    predictor = LorisPredictor(_network_with_statistics(settings, seed=5), settings, calibration)
+    image, box = make_image(np.random.default_rng(6), distended=True)[:2]
+    full = predictor.predict(image, box)
+    lean = predictor.predict(image, box, with_reconstruction=False)
+    assert lean.reconstruction is None and full.reconstruction.shape == image.shape
+    assert np.array_equal(lean.anomaly_map, full.anomaly_map) and np.array_equal(lean.mask, full.mask)
+    assert lean.to_json() == full.to_json()
+    with pytest.raises(ValueError, match="with_reconstruction"):
+        write_outputs(lean, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
