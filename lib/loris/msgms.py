@@ -40,7 +40,8 @@ PREWITT = torch.tensor(
         [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [-1.0, -1.0, -1.0]],  # gy
     ]
 ).unsqueeze(1)
-"""``(2, 1, 3, 3)``: the unnormalized Prewitt kernels, applied as cross-correlation (``conv2d``)."""
+"""``(2, 1, 3, 3)``: the unnormalized Prewitt kernels, as cross-correlation (``conv2d``) weights: the
+definition :func:`gradient_magnitude` computes (and ``tests/loris/test_anomaly.py`` checks it against)."""
 
 
 def _check(x: torch.Tensor) -> None:
@@ -48,37 +49,64 @@ def _check(x: torch.Tensor) -> None:
         raise ValueError(f"expected a (B, 1, H, W) tensor, got shape {tuple(x.shape)}")
 
 
-_MEDIAN9_NETWORK = (
-    (1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8),
-    (0, 3), (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4), (4, 2),
-)
-"""Compare-exchange pairs that leave the median of 9 values in position 4 (Paeth's median-of-9 network)."""
+def _median3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Elementwise median of three tensors."""
+    return torch.maximum(torch.minimum(a, b), torch.minimum(torch.maximum(a, b), c))
 
 
 def median_filter3(x: torch.Tensor) -> torch.Tensor:
     """3x3 median filter with reflect padding (``d c b | a b c d``), ``(B, C, H, W)`` -> same shape.
 
-    The 9 shifted views go through a 19-comparator min/max network: exactly the median of each window
-    (the same values as sorting it), without materializing or sorting the windows (~100x faster on CPU).
+    Exactly the median of each window (the same values as sorting it) without materializing the
+    windows: each padded column of three is sorted once (``lo <= mid <= hi``, shared by the three
+    windows that contain it); a window's median is then the median of (the largest of its three
+    ``lo``, the median of its three ``mid``, the smallest of its three ``hi``). 18 elementwise
+    min/max operations, ~100x faster on CPU than sorting the windows.
     """
     padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
     h, w = x.shape[-2:]
-    v = [padded[..., i:i + h, j:j + w] for i in range(3) for j in range(3)]
-    for a, b in _MEDIAN9_NETWORK:
-        v[a], v[b] = torch.minimum(v[a], v[b]), torch.maximum(v[a], v[b])
-    return v[4].contiguous()
+    top, centre, bottom = (padded.narrow(-2, i, h) for i in range(3))  # (B, C, H, W + 2) each
+    lo, hi = torch.minimum(top, centre), torch.maximum(top, centre)
+    mid, hi = torch.minimum(hi, bottom), torch.maximum(hi, bottom)
+    lo, mid = torch.minimum(lo, mid), torch.maximum(lo, mid)
+    lo0, lo1, lo2 = (lo.narrow(-1, j, w) for j in range(3))
+    mid0, mid1, mid2 = (mid.narrow(-1, j, w) for j in range(3))
+    hi0, hi1, hi2 = (hi.narrow(-1, j, w) for j in range(3))
+    return _median3(torch.maximum(torch.maximum(lo0, lo1), lo2), _median3(mid0, mid1, mid2),
+                    torch.minimum(torch.minimum(hi0, hi1), hi2))
+
+
+def _sum3(p: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sums of 3 neighbours along ``dim`` of a tensor padded by 1 there (the output is 2 shorter)."""
+    n = p.shape[dim] - 2
+    return p.narrow(dim, 0, n) + p.narrow(dim, 1, n) + p.narrow(dim, 2, n)
 
 
 def mean_filter3(x: torch.Tensor) -> torch.Tensor:
-    """3x3 mean filter with reflect padding, ``(B, C, H, W)`` -> same shape."""
-    return F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), kernel_size=3, stride=1)
+    """3x3 mean filter with reflect padding, ``(B, C, H, W)`` -> same shape.
+
+    Separable sums of shifted views (CPU: several times faster than a 3x3 ``avg_pool2d``; equal to it
+    up to float rounding).
+    """
+    return _sum3(_sum3(F.pad(x, (1, 1, 1, 1), mode="reflect"), -2), -1) / 9.0
 
 
 def gradient_magnitude(x: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """Prewitt gradient magnitude ``sqrt(gx^2 + gy^2 + eps)`` (zero padding), ``(B, 1, H, W)`` -> same shape."""
+    """Prewitt gradient magnitude ``sqrt(gx^2 + gy^2 + eps)`` (zero padding), ``(B, 1, H, W)`` -> same shape.
+
+    The cross-correlation with :data:`PREWITT`, computed separably on shifted views: ``gx`` is the
+    column-wise 3-sum's left minus right neighbour, ``gy`` the row-wise 3-sum's upper minus lower one
+    (equal to ``conv2d`` with :data:`PREWITT` up to float rounding; on CPU 5-10x faster at 256 px, where
+    the convolution of one channel goes through a slow oneDNN path).
+    """
     _check(x)
-    g = F.conv2d(x, PREWITT.to(dtype=x.dtype, device=x.device), padding=1)
-    return torch.sqrt(g[:, :1] ** 2 + g[:, 1:] ** 2 + eps)
+    p = F.pad(x, (1, 1, 1, 1))
+    w = x.shape[-1]
+    cols = _sum3(p, -2)  # (B, 1, H, W + 2): each column's 3-sum
+    rows = _sum3(p, -1)  # (B, 1, H + 2, W)
+    gx = cols.narrow(-1, 0, w) - cols.narrow(-1, 2, w)
+    gy = rows.narrow(-2, 0, x.shape[-2]) - rows.narrow(-2, 2, x.shape[-2])
+    return torch.sqrt(gx * gx + gy * gy + eps)
 
 
 def gms(a: torch.Tensor, b: torch.Tensor, c: float = GMS_C) -> torch.Tensor:
@@ -117,16 +145,22 @@ def msgms_loss(a: torch.Tensor, b: torch.Tensor, scales: int = SCALES, c: float 
     return torch.stack([(1.0 - m).mean() for m in gms_pyramid(a, b, scales, c)]).mean()
 
 
+def _median_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``median_filter3`` of both, in one pass over the pair (half the per-operation overhead)."""
+    both = median_filter3(torch.cat([a, b]))
+    return both[: a.shape[0]], both[a.shape[0]:]
+
+
 def msgmsd_map(original: torch.Tensor, reconstruction: torch.Tensor, scales: int = SCALES, c: float = GMS_C) -> torch.Tensor:
     """MSGMS deviation anomaly map ``1 - mean3(MSGMS(median3(p), median3(p_r)))``, ``(B, 1, H, W)`` in ``[0, 1)``.
 
     ``scales=1`` gives the single-scale GMSD map.
     """
-    sim = msgms_map(median_filter3(original), median_filter3(reconstruction), scales, c)
+    sim = msgms_map(*_median_pair(original, reconstruction), scales, c)
     return 1.0 - mean_filter3(sim)
 
 
 def deviation_maps(original: torch.Tensor, reconstruction: torch.Tensor, scales: int = SCALES, c: float = GMS_C):
     """``(msgmsd, gmsd)`` maps from one median filtering and one GMS pyramid (GMSD = its first scale)."""
-    pyramid = gms_pyramid(median_filter3(original), median_filter3(reconstruction), scales, c)
+    pyramid = gms_pyramid(*_median_pair(original, reconstruction), scales, c)
     return 1.0 - mean_filter3(_upsampled_mean(pyramid)), 1.0 - mean_filter3(pyramid[0])

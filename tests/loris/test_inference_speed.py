@@ -1,5 +1,5 @@
 """The inference speed-ups keep LoRIS's outputs: exact median filter, folded/channels-last network, segmentation
-of the box crop, raw NRRD, unfiltered PNGs, the output files written concurrently and put in place together.
+of the box crop, raw NRRD, unfiltered PNGs, the output files put in place together once all are written.
 
 Stated tolerance (float32 rounding of the folded batch norms; see lib.loris.network.InferenceNetwork):
 reconstructions and anomaly maps within ``TOL = 1e-4`` (absolute, intensities in ``[-1, 1]`` / ``[0, 1]``),
@@ -47,7 +47,8 @@ def _network_with_statistics(settings: LorisSettings, seed: int = 0) -> torch.nn
 
 
 def test_median_filter_is_exact_on_every_binary_window():
-    # 0-1 principle: a comparator network selects the median of any input iff it does for all 2^9 binary ones
+    # 0-1 principle: a network of min and max operations selects the median of any input iff it does for all
+    # 2^9 binary ones
     codes = torch.arange(512)
     bits = ((codes[:, None] >> torch.arange(9)) & 1).float().reshape(512, 1, 3, 3)
     centre = median_filter3(bits)[:, 0, 1, 1]  # the centre window holds exactly the 9 bits
@@ -162,7 +163,7 @@ def _prediction(h=24, w=32):
                       threshold=0.2, pixel_threshold=0.5, metric="msgmsd")
 
 
-def test_concurrent_writes_produce_every_file(tmp_path):
+def test_write_outputs_produces_every_file_with_the_prediction_s_pixels(tmp_path):
     pred = _prediction()
     result = write_outputs(pred, tmp_path / "out")
     out = tmp_path / "out"
