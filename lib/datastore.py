@@ -242,6 +242,8 @@ class HardenedDatastore(LocalDatastore):
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _load(self, force: bool = False, throw_exception: bool = False) -> None:
+        if not force and self._config_sig is not None and self._signature() == self._config_sig:
+            return  # unchanged since read: the index is only ever replaced whole (rename), so no lock is needed
         with self._lock:
             sig = self._signature()
             if sig is None or (sig == self._config_sig and not force):
