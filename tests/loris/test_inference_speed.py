@@ -7,6 +7,8 @@ scores within ``TOL``, decisions and segmentation masks identical except where t
 ``TOL`` of its threshold. The median filter, the cropped segmentation and the PNG pixels are exact.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -187,7 +189,8 @@ def test_a_failed_write_raises_and_leaves_no_result_json(tmp_path):
     assert not list(out.glob(".*tmp*"))
 
 
-def test_when_one_write_fails_no_file_of_the_run_appears_and_earlier_outputs_stay(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failing", ["_write_mask_file", "_write_reconstruction_file"])  # this thread / the worker
+def test_when_one_write_fails_no_file_of_the_run_appears_and_earlier_outputs_stay(tmp_path, monkeypatch, failing):
     import lib.loris.infer as infer
 
     out = tmp_path / "out"
@@ -195,9 +198,10 @@ def test_when_one_write_fails_no_file_of_the_run_appears_and_earlier_outputs_sta
     before = {name: (out / name).read_bytes() for name in OUTPUT_FILES.values()}
 
     def broken(path, array):
+        Path(path).write_bytes(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setitem(infer._FILE_WRITERS, "mask", broken)
+    monkeypatch.setattr(infer, failing, broken)
     changed = _prediction()
     changed.reconstruction[:] = 0.0
     with pytest.raises(OSError, match="disk full"):
