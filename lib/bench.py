@@ -110,7 +110,7 @@ QUICK = Plan(quick=True, image_size=64, frame_size=(160, 128), matmul_n=1024, un
 BATCHES = (1, 16)
 WARMUP = 2
 SETTLE_S = 0.005
-"""Pause after each latency task. Without it the forward timed right after a REST request ran 25 % slower
+"""Pause after each latency task. Without it the forward timed right after a REST request ran 20-30 % slower
 (the server still finishing that request: 14.8 ms against 11.4 ms p50 on the 2-core machine of the README);
 5 ms was enough, and longer pauses only let caches and clocks cool."""
 
