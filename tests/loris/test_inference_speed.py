@@ -224,3 +224,14 @@ def test_predicting_without_the_reconstruction_changes_nothing_else(tmp_path):
     with pytest.raises(ValueError, match="with_reconstruction"):
         write_outputs(lean, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_separable_prewitt_gradients_and_mean_filter_equal_their_convolution_definitions():
+    from lib.loris.msgms import EPS, PREWITT, gradient_magnitude, mean_filter3
+
+    x = torch.rand(3, 1, 37, 50, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    g = F.conv2d(x, PREWITT, padding=1)
+    expected = torch.sqrt(g[:, :1] ** 2 + g[:, 1:] ** 2 + EPS)
+    assert (gradient_magnitude(x) - expected).abs().max() <= 1e-5
+    pooled = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), kernel_size=3, stride=1)
+    assert (mean_filter3(x) - pooled).abs().max() <= 1e-6
