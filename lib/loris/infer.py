@@ -34,7 +34,7 @@ from lib.loris import preprocess
 from lib.loris.anomaly import anomaly_maps, check_metric
 from lib.loris.model_files import load_model
 from lib.loris.network import InferenceNetwork, build_network
-from lib.loris.postprocess import box_scores, segment, segment_in_box
+from lib.loris.postprocess import box_region, box_scores, segment
 from lib.loris.reconstruction import reconstruct
 from lib.loris.settings import LorisSettings
 
@@ -216,15 +216,15 @@ class LorisPredictor:
             for j, (img, box) in enumerate(zip(chunk, cboxes)):
                 h, w = img.shape
                 recon = _unit_image(res.reconstruction[j], (h, w)) if with_reconstruction else None
+                region = box_region(box, h, w) if self.settings.segment_in_box else None
                 per_metric = {}
                 for m in metrics:
                     thr, pthr = thresholds[m]
                     amap = preprocess.to_original(res.maps[m][j], (w, h))
                     score = float(res.scores[m][j])
-                    mask = segment_in_box(amap, pthr, box) if self.settings.segment_in_box else segment(amap, pthr)
                     per_metric[m] = Prediction(
                         box=box, reconstruction=recon, anomaly_map=amap, score=score, distended=bool(score >= thr),
-                        mask=mask, threshold=thr, pixel_threshold=pthr, metric=m,
+                        mask=segment(amap, pthr, region), threshold=thr, pixel_threshold=pthr, metric=m,
                     )
                 results.append(per_metric)
         return results

@@ -89,31 +89,6 @@ def segment(anomaly_map: np.ndarray, pixel_threshold: float, region: np.ndarray 
     return out
 
 
-def segment_in_box(anomaly_map: np.ndarray, pixel_threshold: float, box) -> np.ndarray:
-    """``segment(anomaly_map, pixel_threshold, box_region(box, H, W))`` for one ``(H, W)`` map, reading and
-    processing only the box (plus :data:`CROP_MARGIN`): the same mask, without a pass over the whole image.
-
-    Args:
-        box: ``(x_min, y_min, x_max, y_max)`` in the map's pixels (max exclusive).
-    """
-    amap = np.asarray(anomaly_map)
-    if amap.ndim != 2:
-        raise ValueError(f"segment_in_box expects one (H, W) map, got shape {amap.shape}")
-    h, w = amap.shape
-    x0, y0, x1, y1 = (int(v) for v in box)
-    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    out = np.zeros((h, w), dtype=bool)
-    if x1 <= x0 or y1 <= y0:
-        return out
-    ya, yb = max(y0 - CROP_MARGIN, 0), min(y1 + CROP_MARGIN, h)
-    xa, xb = max(x0 - CROP_MARGIN, 0), min(x1 + CROP_MARGIN, w)
-    crop = np.zeros((yb - ya, xb - xa), dtype=bool)
-    inner = (slice(y0 - ya, y1 - ya), slice(x0 - xa, x1 - xa))
-    crop[inner] = amap[y0:y1, x0:x1] >= pixel_threshold
-    out[y0:y1, x0:x1] = clean_mask(crop)[inner]
-    return out
-
-
 def box_region(box, height: int, width: int) -> np.ndarray:
     """Bool ``(H, W)`` array, True inside ``box = (x_min, y_min, x_max, y_max)`` (max exclusive)."""
     region = np.zeros((height, width), dtype=bool)

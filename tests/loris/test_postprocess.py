@@ -6,7 +6,7 @@ import torch
 from scipy import ndimage
 
 from lib.errors import DataError
-from lib.loris.postprocess import box_region, box_scores, clean_mask, segment, segment_in_box
+from lib.loris.postprocess import box_region, box_scores, clean_mask, segment
 
 
 def test_segmentation_removes_an_isolated_pixel_and_fills_a_one_pixel_hole():
@@ -63,12 +63,3 @@ def test_clean_mask_equals_scipy_binary_closing_then_opening(density, shape):
     rng = np.random.default_rng(int(density * 100) + len(shape))
     mask = rng.random(shape) < density
     np.testing.assert_array_equal(clean_mask(mask), _scipy_clean_mask(mask))
-
-
-@pytest.mark.parametrize("box", [(0, 0, 40, 30), (3, 4, 20, 17), (0, 10, 7, 30), (38, 0, 40, 2), (5, 5, 6, 6)])
-def test_segment_in_box_equals_segmenting_the_whole_map_within_the_box_region(box):
-    rng = np.random.default_rng(sum(box))
-    amap = rng.random((30, 40)).astype(np.float32)
-    for threshold in (0.2, 0.5, 0.8):
-        np.testing.assert_array_equal(segment_in_box(amap, threshold, box),
-                                      segment(amap, threshold, box_region(box, 30, 40)))
