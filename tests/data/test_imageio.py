@@ -107,7 +107,7 @@ def test_unfiltered_png_decodes_to_the_same_pixels_in_pil_and_itk(tmp_path, shap
         assert img.mode == "L" and img.size == (shape[1], shape[0])
         np.testing.assert_array_equal(np.asarray(img), array)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "u.png"))), array)
-    np.testing.assert_array_equal(read_image(tmp_path / "u.png"), array / np.float32(255))
+    np.testing.assert_array_equal(read_image(tmp_path / "u.png"), (array / 255.0).astype(np.float32))
 
 
 def test_unfiltered_png_of_a_mask_reads_back_as_the_mask_and_stays_small(tmp_path):
