@@ -141,6 +141,19 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(image, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
+def png_pixels(array: np.ndarray) -> np.ndarray:
+    """The 8-bit pixels :func:`write_png` stores for a 2D array: ``bool`` as 0/255, floats as ``[0, 1]``
+    intensities (:func:`to_uint8`), ``uint8`` as is."""
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype != np.uint8:
+        array = to_uint8(array)
+    if array.ndim != 2:
+        raise ValueError(f"write_png expects a 2D array, got shape {array.shape}")
+    return array
+
+
 def write_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 6, row_filters: bool = True) -> None:
     """Write a 2D array atomically as an 8-bit grayscale PNG.
 
@@ -152,13 +165,7 @@ def write_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 
     pixels, made many times faster; right where filters cannot pay (level 0 stores bytes as they are) or
     barely do (masks).
     """
-    array = np.asarray(array)
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    elif array.dtype != np.uint8:
-        array = to_uint8(array)
-    if array.ndim != 2:
-        raise ValueError(f"write_png expects a 2D array, got shape {array.shape}")
+    array = png_pixels(array)
     with atomic_path(path, suffix=".png") as tmp:
         if row_filters:
             Image.fromarray(array, mode="L").save(tmp, format="PNG", compress_level=compress_level)

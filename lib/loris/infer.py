@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from lib.data.atomic import atomic_path, write_json
-from lib.data.imageio import encode_png_unfiltered, read_image, to_uint8
+from lib.data.imageio import encode_png_unfiltered, png_pixels, read_image
 from lib.data.records import Box, validate_box
 from lib.errors import DataError, ModelError, NotTrainedError
 from lib.loris import preprocess
@@ -255,12 +255,12 @@ def _write_map_file(path: str | os.PathLike, array: np.ndarray) -> None:
 
 def _write_reconstruction_file(path: str | os.PathLike, reconstruction: np.ndarray) -> None:
     # stored (zlib level 0, rows unfiltered): speckle barely compresses; level 1 took ~20x longer on 640 x 480
-    Path(path).write_bytes(encode_png_unfiltered(to_uint8(reconstruction), 0))
+    Path(path).write_bytes(encode_png_unfiltered(png_pixels(reconstruction), 0))
 
 
 def _write_mask_file(path: str | os.PathLike, mask: np.ndarray) -> None:
     # 0/255, zlib level 1, rows unfiltered: a few kB
-    Path(path).write_bytes(encode_png_unfiltered(np.asarray(mask, dtype=np.uint8) * np.uint8(255), 1))
+    Path(path).write_bytes(encode_png_unfiltered(png_pixels(np.asarray(mask, dtype=bool)), 1))
 
 
 def write_nrrd(path: str | os.PathLike, array: np.ndarray) -> None:
