@@ -16,6 +16,7 @@ written; nothing is written when the prediction fails.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from lib.data.atomic import atomic_path, write_json
+from lib.data.atomic import atomic_path
 from lib.data.imageio import encode_png_unfiltered, png_pixels, read_image
 from lib.data.records import Box, validate_box
 from lib.errors import DataError, ModelError, NotTrainedError
@@ -289,33 +290,32 @@ def _background() -> ThreadPoolExecutor:
 def write_outputs(prediction: Prediction, out_dir: str | os.PathLike, extra: dict | None = None) -> dict:
     """Write a prediction's files into ``out_dir``; returns the ``result.json`` dict.
 
-    The three images are written under hidden temporary names in ``out_dir``, then renamed onto their
-    names in :data:`OUTPUT_FILES`, and ``result.json`` is written last. If a write fails, no file of
-    this run appears (an earlier run's files in ``out_dir`` stay as they were) and no temporary file is
-    left. The reconstruction is encoded and written on a worker thread while this one writes the map
-    and the mask (zlib and file writes release the GIL; measured ~1.3 ms faster per image than in turn).
+    Every file is written under a hidden temporary name in ``out_dir``; then the three images are
+    renamed onto their names in :data:`OUTPUT_FILES`, and ``result.json`` last. If a write fails, no
+    file of this run appears (an earlier run's files in ``out_dir`` stay as they were) and no temporary
+    file is left. The reconstruction is encoded and written on a worker thread while this one writes
+    the map, the mask and the result (zlib and file writes release the GIL).
     """
     if prediction.reconstruction is None:
         raise ValueError("write_outputs needs the reconstruction: predict with with_reconstruction=True")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(8)
-    temporary = {kind: out_dir / f".{OUTPUT_FILES[kind]}.{token}.tmp{Path(OUTPUT_FILES[kind]).suffix}"
-                 for kind in ("reconstruction", "anomaly_map", "mask")}
+    temporary = {kind: out_dir / f".{name}.{token}.tmp{Path(name).suffix}" for kind, name in OUTPUT_FILES.items()}
     try:
         job = _background().submit(_write_reconstruction_file, temporary["reconstruction"], prediction.reconstruction)
         try:
             _write_map_file(temporary["anomaly_map"], prediction.anomaly_map)
             _write_mask_file(temporary["mask"], prediction.mask)
+            result = result_dict(prediction, extra)
+            temporary["result"].write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         finally:
             job.result()  # waited for even when a write here failed, so that its file can be removed
-        for kind, tmp in temporary.items():  # fails only when a target cannot be replaced (a folder in the way)
+        for kind, tmp in temporary.items():  # result.json last; fails only when a folder is in the way
             os.replace(tmp, out_dir / OUTPUT_FILES[kind])
     finally:
         for tmp in temporary.values():
             tmp.unlink(missing_ok=True)
-    result = result_dict(prediction, extra)
-    write_json(out_dir / OUTPUT_FILES["result"], result)
     return result
 
 

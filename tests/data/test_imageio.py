@@ -122,3 +122,16 @@ def test_unfiltered_png_refuses_what_it_cannot_encode():
     for bad in (np.zeros((0, 4), np.uint8), np.zeros((2, 2), np.float32), np.zeros((2, 2, 3), np.uint8)):
         with pytest.raises(ValueError, match="uint8"):
             encode_png_unfiltered(bad)
+
+
+def test_to_uint8_rounds_each_value_as_the_float64_definition_does():
+    from lib.data.imageio import to_uint8
+
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.random(5000) * 1.2 - 0.1,  # includes values clipped at both ends
+                             (np.arange(256) + 0.5) / 255.0,  # half levels: ties rounded to even
+                             np.nextafter((np.arange(256) + 0.5) / 255.0, 2.0)])
+    for dtype in (np.float32, np.float64):
+        image = values.astype(dtype).reshape(2, -1)
+        expected = np.clip(np.rint(image.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+        np.testing.assert_array_equal(to_uint8(image), expected)
