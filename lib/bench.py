@@ -30,6 +30,11 @@ What is measured (times in milliseconds; p50/p95 over repeated requests):
   ``pipeline_outside_forward_share`` = ``1 - forward_ms.p50 / pipeline_ms.p50``
   and ``pipeline_to_forward_ratio`` = ``pipeline_ms.p50 / forward_ms.p50`` (``_min``: the same of
   the fastest runs, the least disturbed by other processes on a shared machine).
+  ``pipeline_steps_ms``: its ``read`` (image file), ``predict`` (network and maps) and ``write``
+  (output files) steps, each as :func:`~lib.loris.infer.run_inference` times them;
+  ``pipeline_without_writes_ms``: read + predict of each run, and
+  ``pipeline_without_writes_to_forward_ratio`` its p50 over ``forward_ms.p50`` (how much of the
+  pipeline's cost is the files, which depend on the disk more than on the code).
 - ``rest_ms``: the same image through a real ``monailabel start_server`` of
   this app on 127.0.0.1 (``POST /infer/loris?image=<id>`` with the box, the
   multipart answer received whole); ``rest_overhead_ratio`` = ``rest_ms.p50 /
@@ -282,10 +287,15 @@ def measure_latency(predictor, model_dir: Path, files: list, out_root: Path, ser
         with torch.inference_mode():
             predictor.network(x)
 
+    steps = {"read_ms": [], "predict_ms": [], "write_ms": []}
+
     def pipeline():
         i = count["pipeline"] = count["pipeline"] + 1
         path, box = files[i % len(files)]
-        run_inference(model_dir, path, box, out_root / f"run{i}", predictor=predictor)  # a new folder, as per image
+        timings: dict = {}
+        run_inference(model_dir, path, box, out_root / f"run{i}", predictor=predictor, timings=timings)  # a new folder
+        for key, values in steps.items():
+            values.append(timings[key])
 
     def rest():
         i = count["rest"] = count["rest"] + 1
@@ -313,7 +323,12 @@ def measure_latency(predictor, model_dir: Path, files: list, out_root: Path, ser
                     sampler.active.clear()
     finally:
         session.close()
+    # interleaved() drops its warm-up calls from the front of each list; drop the same steps
+    steps = {key: values[len(values) - len(ms["pipeline"]):] for key, values in steps.items()}
+    unwritten = [r + p for r, p in zip(steps["read_ms"], steps["predict_ms"])]
     return {"forward_ms": percentiles(ms["forward"]), "pipeline_ms": percentiles(ms["pipeline"]),
+            "pipeline_steps_ms": {key[:-3]: percentiles(values) for key, values in steps.items()},
+            "pipeline_without_writes_ms": percentiles(unwritten),
             "rest_ms": percentiles(ms["rest"]), "server_rss_idle_mb": idle / 2 ** 20,
             "server_peak_rss_mb": sampler.peak / 2 ** 20}
 
@@ -521,6 +536,7 @@ def run(plan: Plan, device: str, work: Path, threads: int | None = None, log=pri
     res["pipeline_to_forward_ratio"] = res["pipeline_ms"]["p50"] / res["forward_ms"]["p50"]
     res["pipeline_outside_forward_share"] = 1.0 - res["forward_ms"]["p50"] / res["pipeline_ms"]["p50"]
     res["pipeline_to_forward_ratio_min"] = res["pipeline_ms"]["min"] / res["forward_ms"]["min"]
+    res["pipeline_without_writes_to_forward_ratio"] = res["pipeline_without_writes_ms"]["p50"] / res["forward_ms"]["p50"]
     res["rest_overhead_ratio"] = res["rest_ms"]["p50"] / res["pipeline_ms"]["p50"]
     res["rest_overhead_ratio_min"] = res["rest_ms"]["min"] / res["pipeline_ms"]["min"]
     res["targets"] = check_targets(res)
@@ -535,6 +551,7 @@ def run(plan: Plan, device: str, work: Path, threads: int | None = None, log=pri
 def format_table(res: dict) -> str:
     """The human-readable table of a result dict."""
     m = res["machine"]
+    steps = res["pipeline_steps_ms"]
     rows = [
         ("matmul_gflops", f"{res['matmul_gflops']:.1f}", f"float32 {res['matmul_n']}^2, best {res['matmul_gflops_best']:.1f}"),
     ]
@@ -549,6 +566,10 @@ def format_table(res: dict) -> str:
         ("pipeline_ms p50 / p95", f"{res['pipeline_ms']['p50']:.1f} / {res['pipeline_ms']['p95']:.1f}",
          f"{res['pipeline_to_forward_ratio']:.2f} x forward ({res['pipeline_outside_forward_share']:.0%} outside it); "
          f"min {res['pipeline_ms']['min']:.1f} = {res['pipeline_to_forward_ratio_min']:.2f} x forward min"),
+        ("  its steps p50", f"{steps['read']['p50']:.1f} / {steps['predict']['p50']:.1f} / {steps['write']['p50']:.1f}",
+         "read image / predict (forward included) / write files"),
+        ("  without writing", f"{res['pipeline_without_writes_ms']['p50']:.1f}",
+         f"{res['pipeline_without_writes_to_forward_ratio']:.2f} x forward (read + predict, per run)"),
         ("rest_ms p50 / p95", f"{res['rest_ms']['p50']:.1f} / {res['rest_ms']['p95']:.1f}",
          f"rest_overhead_ratio {res['rest_overhead_ratio']:.2f}; min {res['rest_ms']['min']:.1f}, ratio of mins "
          f"{res['rest_overhead_ratio_min']:.2f}"),

@@ -22,6 +22,7 @@ TOP_KEYS = {
     "matmul_gflops", "matmul_n",
     "unet_flops_per_image", "unet_gflops", "unet_gflops_plain", "unet_ratio", "unet_ratio_plain",
     "forward_ms", "pipeline_ms", "pipeline_to_forward_ratio", "pipeline_outside_forward_share",
+    "pipeline_steps_ms", "pipeline_without_writes_ms", "pipeline_without_writes_to_forward_ratio",
     "rest_ms", "rest_overhead_ratio", "rest_overhead_ratio_min", "pipeline_to_forward_ratio_min", "server_peak_rss_mb", "server_rss_idle_mb",
     "scoring_images_per_s", "train_images_per_s", "bare_train_images_per_s", "train_ratio_to_bare",
     "targets", "stage_seconds", "seconds",
@@ -46,6 +47,10 @@ def test_quick_bench_writes_every_measurement_as_json(tmp_path):
     assert set(res["unet_gflops"]) == set(res["unet_ratio"]) == {"1", "16"}
     for key in ("forward_ms", "pipeline_ms", "rest_ms"):
         assert set(res[key]) == {"p50", "p95", "min", "n"} and 0 < res[key]["min"] <= res[key]["p50"] <= res[key]["p95"]
+    assert set(res["pipeline_steps_ms"]) == {"read", "predict", "write"}
+    for step in [*res["pipeline_steps_ms"].values(), res["pipeline_without_writes_ms"]]:
+        assert step["n"] == res["pipeline_ms"]["n"] and 0 < step["min"] <= step["p50"]  # one entry per timed run
+    assert res["pipeline_without_writes_to_forward_ratio"] > 0
     for key in ("matmul_gflops", "unet_flops_per_image", "scoring_images_per_s", "train_images_per_s",
                 "bare_train_images_per_s", "server_peak_rss_mb"):
         assert res[key] > 0, key
@@ -71,6 +76,8 @@ def test_table_reports_unmet_targets():
         "unet_ratio": {"1": 0.1, "16": 0.2}, "unet_ratio_plain": {"1": 0.1, "16": 0.2}, "unet_flops_per_image": 1e9,
         "forward_ms": {"p50": 10.0, "p95": 12.0, "min": 9.0}, "pipeline_ms": {"p50": 20.0, "p95": 22.0, "min": 18.0},
         "pipeline_to_forward_ratio": 2.0, "pipeline_outside_forward_share": 0.5, "pipeline_to_forward_ratio_min": 2.0,
+        "pipeline_steps_ms": {k: {"p50": 1.0, "p95": 2.0, "min": 0.5} for k in ("read", "predict", "write")},
+        "pipeline_without_writes_ms": {"p50": 15.0, "p95": 16.0, "min": 14.0}, "pipeline_without_writes_to_forward_ratio": 1.5,
         "rest_ms": {"p50": 22.0, "p95": 30.0, "min": 20.0}, "rest_overhead_ratio": 1.1, "rest_overhead_ratio_min": 1.11, "server_peak_rss_mb": 900.0,
         "server_rss_idle_mb": 800.0, "scoring_images_per_s": 3.0, "scoring_images": 8, "scoring_batch_size": 8,
         "train_images_per_s": 1.0, "bare_train_images_per_s": 2.0, "train_ratio_to_bare": 0.5,

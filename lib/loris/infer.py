@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,17 +322,20 @@ def write_outputs(prediction: Prediction, out_dir: str | os.PathLike, extra: dic
 
 def run_inference(model_dir: str | os.PathLike, image_path: str | os.PathLike, box: Box, out_dir: str | os.PathLike,
                   metric: str | None = None, device: str | torch.device = "cpu",
-                  predictor: LorisPredictor | None = None, box_source: str = "request") -> dict:
+                  predictor: LorisPredictor | None = None, box_source: str = "request",
+                  timings: dict | None = None) -> dict:
     """LoRIS on one image file; writes :data:`OUTPUT_FILES` into ``out_dir`` and returns the result dict.
 
     Model, image and box are checked before anything runs; the files appear only once all of them are
-    written (:func:`write_outputs`).
+    written (:func:`write_outputs`). ``timings``, when given, receives the wall time of each step in
+    milliseconds: ``read_ms`` (the image file), ``predict_ms`` (network and maps), ``write_ms`` (the files).
 
     Raises:
         ModelError / NotTrainedError: bad model directory.
         DataError: unreadable image, or a box outside the image, inverted or empty.
     """
     predictor = predictor or LorisPredictor.load(model_dir, device)
+    t0 = time.perf_counter()
     image = read_image(image_path)
     h, w = image.shape
     box = validate_box(box, w, h, f"{image_path}: box")
@@ -342,4 +346,10 @@ def run_inference(model_dir: str | os.PathLike, image_path: str | os.PathLike, b
         "box_source": box_source,
         "model": str(model_dir),
     }
-    return write_outputs(predictor.predict(image, box, metric), out_dir, extra)
+    t1 = time.perf_counter()
+    prediction = predictor.predict(image, box, metric)
+    t2 = time.perf_counter()
+    result = write_outputs(prediction, out_dir, extra)
+    if timings is not None:
+        timings.update(read_ms=(t1 - t0) * 1e3, predict_ms=(t2 - t1) * 1e3, write_ms=(time.perf_counter() - t2) * 1e3)
+    return result

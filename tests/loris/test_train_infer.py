@@ -150,7 +150,9 @@ def test_run_inference_writes_the_outputs_in_the_image_geometry(data, trained, t
     write_png(tmp_path / "big.png", np.clip(big, 0, 1))
     x0, y0, x1, y1 = r.box
     box = (x0 * 3 // 2, y0 * 9 // 8, x1 * 3 // 2, y1 * 9 // 8)
-    result = run_inference(data["root"] / "model", tmp_path / "big.png", box, tmp_path / "out")
+    timings = {}
+    result = run_inference(data["root"] / "model", tmp_path / "big.png", box, tmp_path / "out", timings=timings)
+    assert set(timings) == {"read_ms", "predict_ms", "write_ms"} and all(v > 0 for v in timings.values())
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert files == set(OUTPUT_FILES.values())
     saved = json.loads((tmp_path / "out" / "result.json").read_text())
