@@ -41,6 +41,9 @@ What is measured (times in milliseconds; p50/p95 over repeated requests):
   pipeline_ms.p50`` (and ``_min``); ``server_peak_rss_mb``: the peak resident memory of the
   server's process tree during further, untimed requests of the same kind (psutil, sampled
   every 20 ms while a request is in flight; a sample takes ~1 ms of CPU, kept out of the timings).
+- ``backends``: the served forward as is (``eager``), as a frozen TorchScript trace and in ONNX
+  Runtime when it is installed, at batch 1 and 16 (:func:`measure_backends`): whether an exported
+  CPU runtime would win.
 - ``scoring_images_per_s``: the active-learning scoring method
   (:class:`lib.activelearning.scoring.LorisScoring`, batched) over a datastore
   of unlabelled images with stored boxes, images read from disk included.
@@ -211,6 +214,79 @@ def measure_limit(plain, served, size: int, plan: Plan, device) -> dict:
     out["unet_ratio"] = {k: v / out["matmul_gflops"] for k, v in out["unet_gflops"].items()}
     out["unet_ratio_plain"] = {k: v / out["matmul_gflops"] for k, v in out["unet_gflops_plain"].items()}
     return out
+
+
+def _torchscript(served, x):
+    """A frozen TorchScript trace of ``served`` (the API is deprecated in recent PyTorch; its warnings are muted)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        return torch.jit.freeze(torch.jit.trace(served, x).eval())
+
+
+def _onnxruntime(served, x, path: Path, threads: int):
+    """An ONNX Runtime CPU session of ``served`` exported to ``path`` (batch axis dynamic), or raise."""
+    import warnings
+
+    import onnxruntime
+    import torch
+
+    with warnings.catch_warnings(), torch.no_grad():  # the exporter does not run under inference_mode
+        warnings.simplefilter("ignore")
+        torch.onnx.export(served, (x,), str(path), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    # ONNX Runtime's idle threads spin by default and would slow the torch runs timed in turn with it
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda t: torch.from_numpy(session.run(None, {"x": t.cpu().numpy()})[0])
+
+
+def measure_backends(served, size: int, plan: Plan, device, work: Path) -> dict:
+    """The served network's forward as is (``eager``), as a frozen TorchScript trace, and in ONNX Runtime.
+
+    The issue behind this bench asks for an exported CPU runtime *if it wins*; this is the measurement
+    that decides. Batch 1 and 16, round-robin, medians. ONNX Runtime is not a dependency: when it is not
+    installed (or the device is not the CPU) its entry says why instead of giving times.
+
+    Returns:
+        ``{"backends": {name: {"forward_ms": {"1": p50, "16": p50}, "to_eager": {...}, "max_abs_diff": float}
+        or {"unavailable": reason}}}``; ``to_eager`` < 1 means faster than the served network.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    inputs = {b: (torch.rand(b, 1, size, size, generator=gen) * 2 - 1).to(device) for b in BATCHES}
+    runners, out = {"eager": served}, {}
+    try:
+        runners["torchscript"] = _torchscript(served, inputs[1])
+    except Exception as exc:  # noqa: BLE001 - reported, not fatal: the bench measures what it can
+        out["torchscript"] = {"unavailable": f"{type(exc).__name__}: {exc}"[:300]}
+    if torch.device(device).type != "cpu":
+        out["onnxruntime"] = {"unavailable": "measured on the CPU only"}
+    else:
+        try:
+            runners["onnxruntime"] = _onnxruntime(served, inputs[1], work / "network.onnx", torch.get_num_threads())
+        except ImportError as exc:
+            out["onnxruntime"] = {"unavailable": f"not installed ({exc.name}); pip install onnxruntime onnx to compare"}
+        except Exception as exc:  # noqa: BLE001
+            out["onnxruntime"] = {"unavailable": f"{type(exc).__name__}: {exc}"[:300]}
+    with torch.inference_mode():
+        reference = served(inputs[1]).float().cpu()
+        diffs = {name: float((run(inputs[1]).float().cpu() - reference).abs().max()) for name, run in runners.items()}
+        times = {}
+        for batch, repeats in ((1, plan.latency_repeats), (16, plan.unet_repeats)):
+            tasks = {name: (lambda run=run, x=inputs[batch]: run(x)) for name, run in runners.items()}
+            for name, values in interleaved(tasks, repeats, warmup=1, device=device).items():
+                times.setdefault(name, {})[str(batch)] = statistics.median(values)
+    for name, ms in times.items():
+        out[name] = {"forward_ms": ms, "to_eager": {b: ms[b] / times["eager"][b] for b in ms},
+                     "max_abs_diff": diffs[name]}
+    return {"backends": {name: out[name] for name in ("eager", "torchscript", "onnxruntime")}}
 
 
 class _RssSampler:
@@ -518,6 +594,9 @@ def run(plan: Plan, device: str, work: Path, threads: int | None = None, log=pri
     plain.load_state_dict(load_model(model_dir).state_dict)
     res.update(measure_limit(plain, predictor.network, plan.image_size, plan, dev))
 
+    stage("backends", "the served forward in TorchScript and ONNX Runtime ...")
+    res.update(measure_backends(predictor.network, plan.image_size, plan, dev, work))
+
     stage("scoring", "active-learning scoring over the datastore ...")
     res.update(measure_scoring(work / "datastore", models_dir, str(dev)))
 
@@ -548,6 +627,18 @@ def run(plan: Plan, device: str, work: Path, threads: int | None = None, log=pri
 
 
 # ---------------------------------------------------------------------------------------------------- output
+def _backend_rows(backends: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for name, entry in backends.items():
+        if "unavailable" in entry:
+            rows.append((f"forward in {name}", "-", entry["unavailable"]))
+            continue
+        ms, rel = entry["forward_ms"], entry["to_eager"]
+        rows.append((f"forward in {name}", f"{ms['1']:.1f} / {ms['16']:.0f}",
+                     f"ms at batch 1 / 16 = {rel['1']:.2f} / {rel['16']:.2f} x eager; max |diff| {entry['max_abs_diff']:.1e}"))
+    return rows
+
+
 def format_table(res: dict) -> str:
     """The human-readable table of a result dict."""
     m = res["machine"]
@@ -561,6 +652,7 @@ def format_table(res: dict) -> str:
                      f" ({res['unet_ratio_plain'][b]:.0%})"))
     rows += [
         ("unet GFLOP per image", f"{res['unet_flops_per_image'] / 1e9:.2f}", f"{res['settings']['image_size']} px"),
+        *_backend_rows(res["backends"]),
         ("forward_ms p50 / p95", f"{res['forward_ms']['p50']:.1f} / {res['forward_ms']['p95']:.1f}",
          f"batch 1; min {res['forward_ms']['min']:.1f}"),
         ("pipeline_ms p50 / p95", f"{res['pipeline_ms']['p50']:.1f} / {res['pipeline_ms']['p95']:.1f}",

@@ -24,7 +24,7 @@ TOP_KEYS = {
     "forward_ms", "pipeline_ms", "pipeline_to_forward_ratio", "pipeline_outside_forward_share",
     "pipeline_steps_ms", "pipeline_without_writes_ms", "pipeline_without_writes_to_forward_ratio",
     "rest_ms", "rest_overhead_ratio", "rest_overhead_ratio_min", "pipeline_to_forward_ratio_min", "server_peak_rss_mb", "server_rss_idle_mb",
-    "scoring_images_per_s", "train_images_per_s", "bare_train_images_per_s", "train_ratio_to_bare",
+    "backends", "scoring_images_per_s", "train_images_per_s", "bare_train_images_per_s", "train_ratio_to_bare",
     "targets", "stage_seconds", "seconds",
 }
 
@@ -47,6 +47,10 @@ def test_quick_bench_writes_every_measurement_as_json(tmp_path):
     assert set(res["unet_gflops"]) == set(res["unet_ratio"]) == {"1", "16"}
     for key in ("forward_ms", "pipeline_ms", "rest_ms"):
         assert set(res[key]) == {"p50", "p95", "min", "n"} and 0 < res[key]["min"] <= res[key]["p50"] <= res[key]["p95"]
+    assert list(res["backends"]) == ["eager", "torchscript", "onnxruntime"]
+    for name, entry in res["backends"].items():  # ONNX Runtime is optional: then it says why it is missing
+        assert set(entry) == {"forward_ms", "to_eager", "max_abs_diff"} or (name == "onnxruntime" and entry["unavailable"])
+    assert res["backends"]["eager"]["max_abs_diff"] == 0 and res["backends"]["torchscript"]["max_abs_diff"] < 1e-4
     assert set(res["pipeline_steps_ms"]) == {"read", "predict", "write"}
     for step in [*res["pipeline_steps_ms"].values(), res["pipeline_without_writes_ms"]]:
         assert step["n"] == res["pipeline_ms"]["n"] and 0 < step["min"] <= step["p50"]  # one entry per timed run
@@ -74,6 +78,8 @@ def test_table_reports_unmet_targets():
         "matmul_gflops": 10.0, "matmul_gflops_best": 11.0, "matmul_n": 64,
         "unet_gflops": {"1": 1.0, "16": 2.0}, "unet_gflops_plain": {"1": 1.0, "16": 2.0},
         "unet_ratio": {"1": 0.1, "16": 0.2}, "unet_ratio_plain": {"1": 0.1, "16": 0.2}, "unet_flops_per_image": 1e9,
+        "backends": {"eager": {"forward_ms": {"1": 10.0, "16": 100.0}, "to_eager": {"1": 1.0, "16": 1.0}, "max_abs_diff": 0.0},
+                     "onnxruntime": {"unavailable": "not installed"}},
         "forward_ms": {"p50": 10.0, "p95": 12.0, "min": 9.0}, "pipeline_ms": {"p50": 20.0, "p95": 22.0, "min": 18.0},
         "pipeline_to_forward_ratio": 2.0, "pipeline_outside_forward_share": 0.5, "pipeline_to_forward_ratio_min": 2.0,
         "pipeline_steps_ms": {k: {"p50": 1.0, "p95": 2.0, "min": 0.5} for k in ("read", "predict", "write")},
@@ -88,6 +94,7 @@ def test_table_reports_unmet_targets():
     table = format_table(res)
     assert f"pipeline_to_forward_ratio <= {TARGETS['pipeline_to_forward_ratio_max']}: 2.00 NOT met" in table
     assert "rest_overhead_ratio <= 1.3: 1.10 met" in table
+    assert "forward in onnxruntime" in table and "not installed" in table
 
 
 def test_bench_rejects_a_non_empty_workdir(tmp_path):

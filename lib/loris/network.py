@@ -65,6 +65,7 @@ class InferenceNetwork(nn.Module):
         super().__init__()
         self.net = fold_batch_norms(copy.deepcopy(network).eval()).to(memory_format=torch.channels_last)
         self.net.requires_grad_(False)
+        super().train(False)  # reports eval mode, as its contents are (exporters restore the mode they found)
 
     def train(self, mode: bool = True) -> "InferenceNetwork":
         if mode:

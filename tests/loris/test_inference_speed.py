@@ -78,6 +78,7 @@ def test_inference_network_matches_the_eval_network_and_leaves_it_untouched():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())  # every norm was folded
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) > 0
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert not any(m.training for m in fast.modules())  # eval mode throughout, the wrapper included
     try:
         fast.train()
     except RuntimeError as exc:
