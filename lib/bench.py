@@ -234,7 +234,7 @@ def _onnxruntime(served, x, path: Path, threads: int):
     import onnxruntime
     import torch
 
-    with warnings.catch_warnings(), torch.no_grad():  # the exporter does not run under inference_mode
+    with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
         torch.onnx.export(served, (x,), str(path), input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
