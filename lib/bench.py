@@ -121,6 +121,8 @@ SETTLE_S = 0.005
 """Pause after each latency task. Without it the forward timed right after a REST request ran 20-30 % slower
 (the server still finishing that request: 14.8 ms against 11.4 ms p50 on the 2-core machine of the README);
 5 ms was enough, and longer pauses only let caches and clocks cool."""
+THREAD_ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+"""Environment variables recorded with the machine (``machine.thread_environment``) when set."""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -504,6 +506,8 @@ def machine_info(device) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
+        # set before the process started, these change how the CPU threads wait and so the timings
+        "thread_environment": {k: os.environ[k] for k in THREAD_ENVIRONMENT if k in os.environ},
     }
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
@@ -675,7 +679,8 @@ def format_table(res: dict) -> str:
     vwidth = max(len(r[1]) for r in rows)
     lines = [f"LoRIS bench ({'quick' if res['quick'] else 'full'}) on {res['device']}, {res['threads']} threads; "
              f"{m.get('gpu') or m['cpu']}, {m['usable_cpus']} usable CPUs, load {m['load_average_start'][0]:.1f}"
-             f" -> {m['load_average_end'][0]:.1f}",
+             f" -> {m['load_average_end'][0]:.1f}"
+             + "".join(f"; {k}={v}" for k, v in m.get("thread_environment", {}).items()),
              f"{res['frame_size'][0]}x{res['frame_size'][1]} frames, network {res['settings']['channels']} at "
              f"{res['settings']['image_size']} px; {res['note']}", ""]
     lines += [f"{name:<{width}}  {value:>{vwidth}}  {note}" for name, value, note in rows]

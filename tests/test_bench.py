@@ -44,6 +44,7 @@ def test_quick_bench_writes_every_measurement_as_json(tmp_path):
     assert TOP_KEYS <= set(res), TOP_KEYS - set(res)
     assert res["quick"] is True and res["device"] == "cpu" and res["threads"] == 1
     assert res["settings"]["image_size"] == 32
+    assert res["machine"]["thread_environment"]["OMP_NUM_THREADS"] == "1"  # recorded: it changes the timings
     assert set(res["unet_gflops"]) == set(res["unet_ratio"]) == {"1", "16"}
     for key in ("forward_ms", "pipeline_ms", "rest_ms"):
         assert set(res[key]) == {"p50", "p95", "min", "n"} and 0 < res[key]["min"] <= res[key]["p50"] <= res[key]["p95"]
@@ -73,7 +74,8 @@ def test_percentiles_of_known_values():
 def test_table_reports_unmet_targets():
     res = {
         "quick": True, "device": "cpu", "threads": 2, "note": "n",
-        "machine": {"cpu": "x", "usable_cpus": 2, "load_average_start": [1.0], "load_average_end": [2.0]},
+        "machine": {"cpu": "x", "usable_cpus": 2, "load_average_start": [1.0], "load_average_end": [2.0],
+                    "thread_environment": {"GOMP_SPINCOUNT": "3000"}},
         "frame_size": [160, 128], "settings": {"channels": [4, 8], "image_size": 32},
         "matmul_gflops": 10.0, "matmul_gflops_best": 11.0, "matmul_n": 64,
         "unet_gflops": {"1": 1.0, "16": 2.0}, "unet_gflops_plain": {"1": 1.0, "16": 2.0},
@@ -95,6 +97,7 @@ def test_table_reports_unmet_targets():
     assert f"pipeline_to_forward_ratio <= {TARGETS['pipeline_to_forward_ratio_max']}: 2.00 NOT met" in table
     assert "rest_overhead_ratio <= 1.3: 1.10 met" in table
     assert "forward in onnxruntime" in table and "not installed" in table
+    assert "GOMP_SPINCOUNT=3000" in table.splitlines()[0]  # thread settings are part of the machine line
 
 
 def test_bench_rejects_a_non_empty_workdir(tmp_path):
