@@ -35,6 +35,10 @@ What is measured (times in milliseconds; p50/p95 over repeated requests):
   ``pipeline_without_writes_ms``: read + predict of each run, and
   ``pipeline_without_writes_to_forward_ratio`` its p50 over ``forward_ms.p50`` (how much of the
   pipeline's cost is the files, which depend on the disk more than on the code).
+  ``pipeline_steps_alone_ms``: the same steps and the forward, each timed alone, warm, in a block of
+  back-to-back calls (:func:`measure_steps_alone`); ``pipeline_steps_alone_to_forward_ratio`` = the
+  steps' summed p50 over the forward's: the ratio the pipeline would reach if no step slowed down for
+  running right after another (cold caches, the CPU shared with threads the forward left running).
 - ``rest_ms``: the same image through a real ``monailabel start_server`` of
   this app on 127.0.0.1 (``POST /infer/loris?image=<id>`` with the box, the
   multipart answer received whole); ``rest_overhead_ratio`` = ``rest_ms.p50 /
@@ -340,6 +344,52 @@ class _RssSampler:
         self.peak = max(self.peak, self.sample())
 
 
+def _masked_input(predictor, path: Path, box):
+    """The network input of one frame as the pipeline builds it: ``(1, 1, S, S)`` on the grid, box filled."""
+    from lib.data.imageio import read_image
+    from lib.loris import preprocess
+    from lib.loris.masking import fill_box
+
+    x, grid_boxes = preprocess.batch([read_image(path)], [box], predictor.settings.image_size)
+    return fill_box(x.to(predictor.device), grid_boxes.to(predictor.device))
+
+
+def measure_steps_alone(predictor, model_dir: Path, files: list, out_root: Path, repeats: int, device: str) -> dict:
+    """The pipeline's steps, each timed alone: ``repeats`` back-to-back calls of one step, then the next step.
+
+    The steps are the functions :func:`lib.loris.infer.run_inference` calls, on the first frame of ``files``:
+    ``read`` (:func:`~lib.data.imageio.read_image`), ``predict`` (:meth:`LorisPredictor.predict`, the forward
+    included) and ``write`` (:func:`~lib.loris.infer.write_outputs`, a new folder each time), and the
+    ``forward`` alone. Each runs warm and undisturbed by the others, so ``read + predict + write`` over
+    ``forward`` (``pipeline_steps_alone_to_forward_ratio``) is the pipeline ratio this code would reach if
+    no step slowed down for running right after another one: what the work itself costs, against what
+    running it cold costs in ``pipeline_ms``.
+    """
+    import torch
+
+    from lib.data.imageio import read_image
+    from lib.loris.infer import source_fields, write_outputs
+
+    path, box = files[0]
+    x = _masked_input(predictor, path, box)
+    image = read_image(path)
+    prediction = predictor.predict(image, box)
+    extra = source_fields(predictor, model_dir, path, (image.shape[1], image.shape[0]))
+    runs = iter(range(10 ** 9))
+
+    def forward():
+        with torch.inference_mode():
+            predictor.network(x)
+
+    steps = {"forward": forward, "read": lambda: read_image(path), "predict": lambda: predictor.predict(image, box),
+             "write": lambda: write_outputs(prediction, out_root / f"alone{next(runs)}", extra)}
+    out = {}
+    for name, fn in steps.items():
+        out[name] = percentiles(interleaved({name: fn}, repeats, device=device)[name])
+    total = sum(out[k]["p50"] for k in ("read", "predict", "write"))
+    return {"pipeline_steps_alone_ms": out, "pipeline_steps_alone_to_forward_ratio": total / out["forward"]["p50"]}
+
+
 def measure_latency(predictor, model_dir: Path, files: list, out_root: Path, server, items: list, repeats: int,
                     device: str) -> dict:
     """One image: the forward alone, :func:`run_inference` in-process, and ``POST /infer/loris``, interleaved.
@@ -351,13 +401,9 @@ def measure_latency(predictor, model_dir: Path, files: list, out_root: Path, ser
     import requests
     import torch
 
-    from lib.data.imageio import read_image
-    from lib.loris import preprocess
     from lib.loris.infer import run_inference
-    from lib.loris.masking import fill_box
 
-    x, grid_boxes = preprocess.batch([read_image(files[0][0])], [files[0][1]], predictor.settings.image_size)
-    x = fill_box(x.to(predictor.device), grid_boxes.to(predictor.device))
+    x = _masked_input(predictor, *files[0])
     session = requests.Session()
     count = {"pipeline": 0, "rest": 0}
 
@@ -604,6 +650,11 @@ def run(plan: Plan, device: str, work: Path, threads: int | None = None, log=pri
     stage("scoring", "active-learning scoring over the datastore ...")
     res.update(measure_scoring(work / "datastore", models_dir, str(dev)))
 
+    items = [(r.image, r.box) for r in records][:8]
+    files = [(work / "datastore" / f"{image}.png", box) for image, box in items]
+    stage("steps_alone", "the pipeline's steps, each timed alone ...")
+    res.update(measure_steps_alone(predictor, model_dir, files, work / "pipeline", plan.latency_repeats, str(dev)))
+
     stage("server_start", "MONAI Label server: start ...")
     env = {**QUIET_ENV, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "MONAI_LABEL_SESSION_PATH": str(work / "sessions")}
@@ -612,8 +663,6 @@ def run(plan: Plan, device: str, work: Path, threads: int | None = None, log=pri
     with server:
         res["server_start_s"] = server.started_s
         stage("latency", "one image: forward, in-process pipeline and POST /infer/loris, interleaved; memory ...")
-        items = [(r.image, r.box) for r in records][:8]
-        files = [(work / "datastore" / f"{image}.png", box) for image, box in items]
         res.update(measure_latency(predictor, model_dir, files, work / "pipeline", server, items,
                                    plan.latency_repeats, str(dev)))
     res["pipeline_to_forward_ratio"] = res["pipeline_ms"]["p50"] / res["forward_ms"]["p50"]
@@ -646,7 +695,7 @@ def _backend_rows(backends: dict) -> list[tuple[str, str, str]]:
 def format_table(res: dict) -> str:
     """The human-readable table of a result dict."""
     m = res["machine"]
-    steps = res["pipeline_steps_ms"]
+    steps, alone = res["pipeline_steps_ms"], res["pipeline_steps_alone_ms"]
     rows = [
         ("matmul_gflops", f"{res['matmul_gflops']:.1f}", f"float32 {res['matmul_n']}^2, best {res['matmul_gflops_best']:.1f}"),
     ]
@@ -666,6 +715,9 @@ def format_table(res: dict) -> str:
          "read image / predict (forward included) / write files"),
         ("  without writing", f"{res['pipeline_without_writes_ms']['p50']:.1f}",
          f"{res['pipeline_without_writes_to_forward_ratio']:.2f} x forward (read + predict, per run)"),
+        ("  steps alone p50", f"{alone['read']['p50']:.1f} / {alone['predict']['p50']:.1f} / {alone['write']['p50']:.1f}",
+         f"each repeated alone; their sum {res['pipeline_steps_alone_to_forward_ratio']:.2f} x forward alone "
+         f"({alone['forward']['p50']:.1f})"),
         ("rest_ms p50 / p95", f"{res['rest_ms']['p50']:.1f} / {res['rest_ms']['p95']:.1f}",
          f"rest_overhead_ratio {res['rest_overhead_ratio']:.2f}; min {res['rest_ms']['min']:.1f}, ratio of mins "
          f"{res['rest_overhead_ratio_min']:.2f}"),

@@ -23,6 +23,7 @@ TOP_KEYS = {
     "unet_flops_per_image", "unet_gflops", "unet_gflops_plain", "unet_ratio", "unet_ratio_plain",
     "forward_ms", "pipeline_ms", "pipeline_to_forward_ratio", "pipeline_outside_forward_share",
     "pipeline_steps_ms", "pipeline_without_writes_ms", "pipeline_without_writes_to_forward_ratio",
+    "pipeline_steps_alone_ms", "pipeline_steps_alone_to_forward_ratio",
     "rest_ms", "rest_overhead_ratio", "rest_overhead_ratio_min", "pipeline_to_forward_ratio_min", "server_peak_rss_mb", "server_rss_idle_mb",
     "backends", "scoring_images_per_s", "train_images_per_s", "bare_train_images_per_s", "train_ratio_to_bare",
     "targets", "stage_seconds", "seconds",
@@ -56,6 +57,10 @@ def test_quick_bench_writes_every_measurement_as_json(tmp_path):
     for step in [*res["pipeline_steps_ms"].values(), res["pipeline_without_writes_ms"]]:
         assert step["n"] == res["pipeline_ms"]["n"] and 0 < step["min"] <= step["p50"]  # one entry per timed run
     assert res["pipeline_without_writes_to_forward_ratio"] > 0
+    assert set(res["pipeline_steps_alone_ms"]) == {"forward", "read", "predict", "write"}
+    assert all(step["n"] == res["pipeline_ms"]["n"] and step["min"] > 0 for step in res["pipeline_steps_alone_ms"].values())
+    assert res["pipeline_steps_alone_to_forward_ratio"] > 1  # the steps include a forward
+    assert not list((tmp_path / "work").glob("pipeline/alone0/*.tmp*"))
     for key in ("matmul_gflops", "unet_flops_per_image", "scoring_images_per_s", "train_images_per_s",
                 "bare_train_images_per_s", "server_peak_rss_mb"):
         assert res[key] > 0, key
@@ -86,6 +91,8 @@ def test_table_reports_unmet_targets():
         "pipeline_to_forward_ratio": 2.0, "pipeline_outside_forward_share": 0.5, "pipeline_to_forward_ratio_min": 2.0,
         "pipeline_steps_ms": {k: {"p50": 1.0, "p95": 2.0, "min": 0.5} for k in ("read", "predict", "write")},
         "pipeline_without_writes_ms": {"p50": 15.0, "p95": 16.0, "min": 14.0}, "pipeline_without_writes_to_forward_ratio": 1.5,
+        "pipeline_steps_alone_ms": {k: {"p50": 1.0, "p95": 2.0, "min": 0.5} for k in ("forward", "read", "predict", "write")},
+        "pipeline_steps_alone_to_forward_ratio": 3.0,
         "rest_ms": {"p50": 22.0, "p95": 30.0, "min": 20.0}, "rest_overhead_ratio": 1.1, "rest_overhead_ratio_min": 1.11, "server_peak_rss_mb": 900.0,
         "server_rss_idle_mb": 800.0, "scoring_images_per_s": 3.0, "scoring_images": 8, "scoring_batch_size": 8,
         "train_images_per_s": 1.0, "bare_train_images_per_s": 2.0, "train_ratio_to_bare": 0.5,
@@ -97,7 +104,8 @@ def test_table_reports_unmet_targets():
     assert f"pipeline_to_forward_ratio <= {TARGETS['pipeline_to_forward_ratio_max']}: 2.00 NOT met" in table
     assert "rest_overhead_ratio <= 1.3: 1.10 met" in table
     assert "forward in onnxruntime" in table and "not installed" in table
-    assert "GOMP_SPINCOUNT=3000" in table.splitlines()[0]  # thread settings are part of the machine line
+    assert "GOMP_SPINCOUNT=3000" in table.splitlines()[0]
+    assert "their sum 3.00 x forward alone" in table  # thread settings are part of the machine line
 
 
 def test_bench_rejects_a_non_empty_workdir(tmp_path):

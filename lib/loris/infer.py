@@ -327,6 +327,14 @@ def write_outputs(prediction: Prediction, out_dir: str | os.PathLike, extra: dic
     return result
 
 
+def source_fields(predictor: LorisPredictor, model_dir: str | os.PathLike, image_path: str | os.PathLike,
+                  image_size: tuple[int, int], box_source: str = "request") -> dict:
+    """The fields :func:`run_inference` adds to ``result.json``: the image, its ``(W, H)``, the score's pooling,
+    where the box came from and the model directory."""
+    return {"image": str(image_path), "image_size": list(image_size), "pooling": predictor.settings.pooling,
+            "box_source": box_source, "model": str(model_dir)}
+
+
 def run_inference(model_dir: str | os.PathLike, image_path: str | os.PathLike, box: Box, out_dir: str | os.PathLike,
                   metric: str | None = None, device: str | torch.device = "cpu",
                   predictor: LorisPredictor | None = None, box_source: str = "request",
@@ -346,13 +354,7 @@ def run_inference(model_dir: str | os.PathLike, image_path: str | os.PathLike, b
     image = read_image(image_path)
     h, w = image.shape
     box = validate_box(box, w, h, f"{image_path}: box")
-    extra = {
-        "image": str(image_path),
-        "image_size": [w, h],
-        "pooling": predictor.settings.pooling,
-        "box_source": box_source,
-        "model": str(model_dir),
-    }
+    extra = source_fields(predictor, model_dir, image_path, (w, h), box_source)
     t1 = time.perf_counter()
     prediction = predictor.predict(image, box, metric)
     t2 = time.perf_counter()
