@@ -663,7 +663,7 @@ def run(plan: Plan, device: str, work: Path, threads: int | None = None, log=pri
         res.update(measure_latency(predictor, model_dir, files, work / "pipeline", server, items,
                                    plan.latency_repeats, str(dev)))
     # after the timed latency runs: run before them, the ~60 MB of files this writes slowed their write step
-    # (3.7-4.3 against 2.8-3.3 ms p50, three full runs each; the kernel flushing them to disk meanwhile)
+    # (3.7-4.3 against 2.8-3.3 ms p50, three full runs each; probably the kernel flushing them to disk meanwhile)
     stage("steps_alone", "the pipeline's steps, each timed alone ...")
     res.update(measure_steps_alone(predictor, model_dir, files, work / "pipeline", plan.latency_repeats, str(dev)))
     res["pipeline_to_forward_ratio"] = res["pipeline_ms"]["p50"] / res["forward_ms"]["p50"]
