@@ -75,6 +75,7 @@ on 2 cores). ``targets`` in the JSON compares the run with the project's goals.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -375,7 +376,7 @@ def measure_steps_alone(predictor, model_dir: Path, files: list, out_root: Path,
     image = read_image(path)
     prediction = predictor.predict(image, box)
     extra = source_fields(predictor, model_dir, path, (image.shape[1], image.shape[0]))
-    runs = iter(range(10 ** 9))
+    runs = itertools.count()
 
     def forward():
         with torch.inference_mode():

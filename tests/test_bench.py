@@ -104,8 +104,8 @@ def test_table_reports_unmet_targets():
     assert f"pipeline_to_forward_ratio <= {TARGETS['pipeline_to_forward_ratio_max']}: 2.00 NOT met" in table
     assert "rest_overhead_ratio <= 1.3: 1.10 met" in table
     assert "forward in onnxruntime" in table and "not installed" in table
-    assert "GOMP_SPINCOUNT=3000" in table.splitlines()[0]
-    assert "their sum 3.00 x forward alone" in table  # thread settings are part of the machine line
+    assert "GOMP_SPINCOUNT=3000" in table.splitlines()[0]  # thread settings are part of the machine line
+    assert "their sum 3.00 x forward alone" in table
 
 
 def test_bench_rejects_a_non_empty_workdir(tmp_path):

@@ -2,9 +2,9 @@
 
 ``/infer/loris_anomaly_map`` answers with a float32 ``(H, W)`` map written as
 NRRD (the app writes it raw with pynrrd; SimpleITK's raw or gzip files read the
-same): ``sizes: W H`` (x = column fastest), origin 0, spacing 1. The module reads the samples here and puts them on the
-image volume's own pixel grid, so the overlay lines up with the image
-whatever geometry Slicer gave the image.
+same): ``sizes: W H`` (x = column fastest), origin 0, spacing 1. The module
+reads the samples here and puts them on the image volume's own pixel grid, so
+the overlay lines up with the image whatever geometry Slicer gave the image.
 
 Only the fields needed for that are read: ``type``, ``dimension``, ``sizes``,
 ``endian``, ``encoding`` (raw | gzip), and detached data is refused.
