@@ -345,14 +345,22 @@ class _RssSampler:
         self.peak = max(self.peak, self.sample())
 
 
-def _masked_input(predictor, path: Path, box):
-    """The network input of one frame as the pipeline builds it: ``(1, 1, S, S)`` on the grid, box filled."""
-    from lib.data.imageio import read_image
+def _forward_task(predictor, image, box):
+    """The served network's forward alone, as a task: on the input the pipeline builds from ``image``
+    ``(H, W)`` and ``box`` (``(1, 1, S, S)`` on the grid, box filled)."""
+    import torch
+
     from lib.loris import preprocess
     from lib.loris.masking import fill_box
 
-    x, grid_boxes = preprocess.batch([read_image(path)], [box], predictor.settings.image_size)
-    return fill_box(x.to(predictor.device), grid_boxes.to(predictor.device))
+    x, grid_boxes = preprocess.batch([image], [box], predictor.settings.image_size)
+    x = fill_box(x.to(predictor.device), grid_boxes.to(predictor.device))
+
+    def forward():
+        with torch.inference_mode():
+            predictor.network(x)
+
+    return forward
 
 
 def measure_steps_alone(predictor, model_dir: Path, files: list, out_root: Path, repeats: int, device: str) -> dict:
@@ -366,23 +374,16 @@ def measure_steps_alone(predictor, model_dir: Path, files: list, out_root: Path,
     no step slowed down for running right after another one: what the work itself costs, against what
     running it cold costs in ``pipeline_ms``.
     """
-    import torch
-
     from lib.data.imageio import read_image
     from lib.loris.infer import source_fields, write_outputs
 
     path, box = files[0]
-    x = _masked_input(predictor, path, box)
     image = read_image(path)
     prediction = predictor.predict(image, box)
     extra = source_fields(predictor, model_dir, path, (image.shape[1], image.shape[0]))
     runs = itertools.count()
-
-    def forward():
-        with torch.inference_mode():
-            predictor.network(x)
-
-    steps = {"forward": forward, "read": lambda: read_image(path), "predict": lambda: predictor.predict(image, box),
+    steps = {"forward": _forward_task(predictor, image, box), "read": lambda: read_image(path),
+             "predict": lambda: predictor.predict(image, box),
              "write": lambda: write_outputs(prediction, out_root / f"alone{next(runs)}", extra)}
     out = {}
     for name, fn in steps.items():
@@ -400,18 +401,13 @@ def measure_latency(predictor, model_dir: Path, files: list, out_root: Path, ser
         server: a running :class:`lib.server_process.ServerHandle` on the datastore of ``items``.
     """
     import requests
-    import torch
 
+    from lib.data.imageio import read_image
     from lib.loris.infer import run_inference
 
-    x = _masked_input(predictor, *files[0])
+    forward = _forward_task(predictor, read_image(files[0][0]), files[0][1])
     session = requests.Session()
     count = {"pipeline": 0, "rest": 0}
-
-    def forward():
-        with torch.inference_mode():
-            predictor.network(x)
-
     steps = {"read_ms": [], "predict_ms": [], "write_ms": []}
 
     def pipeline():
