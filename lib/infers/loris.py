@@ -20,6 +20,11 @@ and the JSON params of both: ``score``, ``distended`` (the decision), ``threshol
 (``"request"`` | ``"detector"``), ``detector_confidence`` (None for a requested box),
 ``image_size`` ``[W, H]``, ``model_version``.
 
+``loris_anomaly_map`` also carries the segmentation in its params, as
+``mask_png_base64``: the base64 of the same 0/1 PNG ``loris`` answers with. One
+request then gives a client everything one click needs (score, decision, map and
+segmentation) from one network forward.
+
 A model that is not trained yet is still listed in ``/info`` (MONAI Label hides
 infer tasks whose ``is_valid()`` is False) and answers 409 "not trained yet".
 The model is loaded once and reloaded when its directory changes (retraining).
@@ -27,6 +32,7 @@ The model is loaded once and reloaded when its directory changes (retraining).
 
 from __future__ import annotations
 
+import base64
 import logging
 import tempfile
 from pathlib import Path
@@ -36,7 +42,7 @@ import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.utils.others.generic import name_to_device
 
-from lib.data.imageio import write_png
+from lib.data.imageio import encode_png_unfiltered, write_png
 from lib.errors import DataError, ModelError
 from lib.infers.base import DatastoreImageInfer
 from lib.infers.http_errors import CONFLICT, client_error, user_errors
@@ -132,11 +138,13 @@ class LorisInfer(DatastoreImageInfer):
 
     def writer(self, data: Dict[str, Any], extension=None, dtype=None):
         prediction = data["prediction"]
+        label = np.asarray(prediction.mask, dtype=bool).astype(np.uint8)  # label value 1 = distended
+        result = dict(data["result"])
         if self.output == "segmentation":
             path = tempfile.NamedTemporaryFile(suffix=".png", delete=False).name
-            label = np.asarray(prediction.mask, dtype=bool).astype(np.uint8)  # label value 1 = distended
             write_png(path, label, compress_level=1, row_filters=False)
         else:
             path = tempfile.NamedTemporaryFile(suffix=".nrrd", delete=False).name
             write_nrrd(path, np.asarray(prediction.anomaly_map, dtype=np.float32))
-        return path, dict(data["result"])
+            result["mask_png_base64"] = base64.b64encode(encode_png_unfiltered(label, 1)).decode("ascii")
+        return path, result

@@ -83,6 +83,17 @@ def test_anomaly_map_is_float_nrrd_on_the_image_grid(server, tmp_path):
     np.testing.assert_array_equal(seg, expected)
 
 
+def test_anomaly_map_answer_carries_the_segmentation_of_the_same_forward(server, tmp_path):
+    import base64
+
+    client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+    box = [30, 20, 70, 44]
+    _, params = client.infer("loris_anomaly_map", server.sample_image_id, {"box": box})
+    seg_path, _ = client.infer("loris", server.sample_image_id, {"box": box})
+    carried = read_png(base64.b64decode(params["mask_png_base64"]))
+    np.testing.assert_array_equal(carried, read_png(open(seg_path, "rb").read()))
+
+
 def test_recess_detection_returns_box_params_and_box_mask(server, tmp_path):
     client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
     label_path, params = client.infer("recess_detection", server.sample_image_id, {})
