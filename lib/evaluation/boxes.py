@@ -118,7 +118,7 @@ def uniform_records(records: list[Record], size: UniformBoxSize,
 
 
 def detected_records(detector, records: list[Record], images: dict[str, np.ndarray] | None = None,
-                     batch_size: int = 8) -> tuple[list[Record], list[str]]:
+                     confidences: dict | None = None, batch_size: int = 8) -> tuple[list[Record], list[str]]:
     """Replace every record's box by the detector's box.
 
     Args:
@@ -126,6 +126,7 @@ def detected_records(detector, records: list[Record], images: dict[str, np.ndarr
             returning ``Detection(box, confidence)`` or None per image).
         records: the images to box.
         images: ``{image name: (H, W) float [0,1]}`` already loaded (else read from disk).
+        confidences: when given, receives ``{image name: detector confidence, or None when nothing was found}``.
 
     The pipeline needs one box per image, so each image gets the detector's best
     box whatever its confidence (as the detector's mAP ranks them), not only boxes
@@ -147,6 +148,8 @@ def detected_records(detector, records: list[Record], images: dict[str, np.ndarr
                   for r in chunk]
         detections = detector.detect_batch(arrays, min_confidence=0.0)
         for r, array, det in zip(chunk, arrays, detections):
+            if confidences is not None:
+                confidences[r.image] = None if det is None else float(det.confidence)
             if det is None:
                 missed.append(r.image)
                 h, w = array.shape

@@ -23,11 +23,18 @@ Box sources (--box, several allowed; the report shows them side by side):
             validation (calibration) and test images; LoRIS is the one trained on annotated boxes
             (the paper's Table 2); detector precision / mAP@50 / mAP@75 are recorded
 
+Scoring: LoRIS pools its map by the mean in the box (the paper; --pooling/--score-region change it);
+RIAD and the autoencoder by the max over the whole image (as their papers), with the box beside them
+in the scoring ablation, which reports every network method's I-AUROC pooled each way (mean, max) x
+(box, whole image).
+
 Metrics per method and fold, mean ± std over folds (metrics.json, report.md):
   i_auroc, p_auroc (pixels of all test images pooled, normal images all-negative), dice (the paper's:
-  best F1 over thresholds of the pooled test pixels, an upper bound), dice_calibrated (validation
-  pixel threshold, 3x3 closing then opening), sensitivity and specificity (validation image
-  threshold). Pixel metrics are measured on the network grid (--image-size).
+  best F1 over thresholds of the pooled pixels of whole test images, an upper bound), dice_in_box
+  (the same, only box pixels may fire), dice_calibrated (validation pixel threshold, 3x3 closing then
+  opening, in the region the method segments), normal_box_share / distended_box_share (median share
+  of the box segmented at that threshold), sensitivity and specificity (validation image threshold).
+  Pixel metrics are measured on the network grid (--image-size).
 
 Output in OUT:
   metrics.json         {"methods": {"<method>+<metric>[@<box>]": {"i_auroc": {"mean", "std", "folds"}, ...}},
@@ -37,7 +44,8 @@ Output in OUT:
   figures/*.png        ROC curves and score distributions per method
   panels/*.png         first fold's test images: original + box, masked input, reconstruction,
                        anomaly map, segmentation vs ground truth
-  folds/fold_<k>.json  per-fold results (what --resume keeps)
+  folds/fold_<k>.json  per-fold results (what --resume keeps): every metric, every test image with its
+                       label, boxes (and their source) and scores, and the model folders used
   models/fold_<k>/     the trained models
 
 Examples:
@@ -54,6 +62,7 @@ from pathlib import Path
 from lib.evaluation.baselines import METHODS
 from lib.evaluation.boxes import BOX_MODES
 from lib.loris.anomaly import METRICS
+from lib.loris.settings import ARCHITECTURES, POOLINGS, SCORE_REGIONS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -68,15 +77,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"anomaly-map metrics of the network methods (default all: {' '.join(METRICS)})")
     parser.add_argument("--box", nargs="+", default=["gt"], choices=BOX_MODES, dest="boxes", metavar="SOURCE",
                         help="box sources: gt, uniform, detected (several allowed; default gt)")
-    parser.add_argument("--epochs", type=int, metavar="N", help="maximum training epochs (default 1000; --quick 30)")
-    parser.add_argument("--patience", type=int, metavar="P", help="early-stopping patience (default 50; --quick 8)")
-    parser.add_argument("--image-size", type=int, metavar="S", help="network grid side in pixels (default 256; --quick 64)")
+    parser.add_argument("--epochs", type=int, metavar="N", help="maximum training epochs (default 1000; --quick 100)")
+    parser.add_argument("--patience", type=int, metavar="P", help="early-stopping patience (default 50; --quick 25)")
+    parser.add_argument("--image-size", type=int, metavar="S", help="network grid side in pixels (default 256; --quick 128)")
     parser.add_argument("--detector-epochs", type=int, metavar="N", help="detector epochs (default: --epochs)")
     parser.add_argument("--detector-image-size", type=int, metavar="S",
                         help="detector input side in pixels (default: the detector's preset, 256; --quick 128)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds and the training (default 0)")
     parser.add_argument("--quick", action="store_true",
-                        help="start from the small CPU presets (small UNet, learning rate 1e-3) instead of the paper's")
+                        help="start from the small CPU presets (128 px, a small MONAI UNet, Adam 2e-3, 100 epochs, "
+                             "patience 25) instead of the paper's (reference U-Net, 256 px, Adam 1e-4, 1000 epochs, "
+                             "patience 50)")
+    parser.add_argument("--architecture", choices=ARCHITECTURES,
+                        help="network of every network method (default: the preset's; reference = the paper's)")
+    parser.add_argument("--augment", action="store_true",
+                        help="train with box jitter and intensity gain (off by default, as in the paper)")
+    parser.add_argument("--pooling", choices=POOLINGS, help="LoRIS's headline score pooling (default mean, the paper)")
+    parser.add_argument("--score-region", choices=SCORE_REGIONS,
+                        help="where LoRIS's headline score pools the map (default box)")
     parser.add_argument("--uniform-percentile", type=float, default=90.0, metavar="Q",
                         help="--box uniform: percentile of annotated box heights (default 90)")
     parser.add_argument("--resume", action="store_true", help="skip folds already finished in OUT with the same options")
@@ -106,15 +124,18 @@ def main(args: argparse.Namespace) -> int:
     config = EvaluationConfig(
         data=args.data, out=args.out, folds=args.folds, methods=tuple(args.methods), metrics=tuple(args.metrics),
         boxes=tuple(args.boxes), epochs=args.epochs, patience=args.patience, image_size=args.image_size,
-        seed=args.seed, quick=args.quick, detector_epochs=args.detector_epochs,
+        seed=args.seed, quick=args.quick, augment=args.augment, pooling=args.pooling,
+        score_region=args.score_region, architecture=args.architecture, detector_epochs=args.detector_epochs,
         detector_image_size=args.detector_image_size,
         uniform_percentile=args.uniform_percentile, resume=args.resume, device=args.device,
         progress=not args.no_progress, command=command_line(),
     )
     results = run_evaluation(config)
-    print(f"\n{'method':<32}{'I-AUROC':>16}{'P-AUROC':>16}{'Dice':>16}")
+    print(f"\n{'method':<32}{'I-AUROC':>16}{'P-AUROC':>16}{'Dice':>16}{'box share N/D':>16}")
     for key, entry in results["methods"].items():
-        print(f"{key:<32}{fmt(entry['i_auroc']):>16}{fmt(entry['p_auroc']):>16}{fmt(entry['dice']):>16}")
+        shares = [entry.get(f"{k}_box_share", {}).get("mean") for k in ("normal", "distended")]
+        share = "–" if None in shares else f"{shares[0]:.2f}/{shares[1]:.2f}"
+        print(f"{key:<32}{fmt(entry['i_auroc']):>16}{fmt(entry['p_auroc']):>16}{fmt(entry['dice']):>16}{share:>16}")
     print(f"\nwrote {args.out / 'metrics.json'} and {args.out / 'report.md'} "
           f"({results['config']['wall_s'] / 60:.1f} min)")
     return 0

@@ -20,12 +20,29 @@ precomputed folds):
    annotated ones on the validation (for calibration) and test images; its
    precision/mAP on the test images are recorded.
 5. The baselines (``box-intensity``, ``box-shape``) are calibrated and tested
-   on the same images with the same boxes.
+   on the same images with the same boxes. ``riad`` and ``autoencoder`` are
+   scored as their papers score them (the max of the map over the whole image,
+   segmentation over the whole image, no box); their scores pooled in the box
+   are reported beside, labelled, in the scoring ablation.
+6. Scoring ablation: every network method's test maps are also pooled by
+   ``mean`` and ``max`` over the ``box`` and over the whole ``image``; the
+   I-AUROC of each is reported (``scoring``), LoRIS's headline being its
+   settings' (the paper's mean in the box).
 
 Pixel metrics are computed on the network grid (``S x S``, where the maps are
 made and calibrated, as in the paper's reference code at 256 px); ground-truth
 masks are resized to it (a grid pixel is anomalous when at least half covered).
 Distended test images without a mask are left out of the pixel metrics only.
+``dice`` is the paper's (whole images, threshold chosen on the test pixels: an
+upper bound); ``dice_in_box`` the same with only box pixels able to fire;
+``dice_calibrated`` at the validation threshold, in the region the method
+segments (``dice_calibrated_region``). ``normal_box_share`` and
+``distended_box_share`` are the median share of the box segmented on normal and
+on distended test images at the calibrated threshold.
+
+Each fold's file also lists every test image with its label, each box used
+(and its source and confidence), each method's score, and the model folders,
+so that any number can be audited and recomputed.
 
 Each finished fold is written atomically to ``OUT/folds/fold_<k>.json``; with
 ``resume`` a finished fold of the same configuration is not run again (and an
@@ -69,16 +86,20 @@ from lib.evaluation.metrics import (
     pixel_auroc,
     sensitivity_specificity,
 )
+from lib.loris.postprocess import image_scores
 from lib.evaluation.report import PanelRow, panel_figure, safe_name, write_report
 from lib.evaluation.results import aggregate, method_key
 from lib.loris import preprocess
 from lib.loris.anomaly import METRICS
-from lib.loris.calibration import best_dice_threshold, fit_image_threshold
+from lib.loris.calibration import fit_calibration
 from lib.loris.masking import box_mask, fill_box, riad_masks
 from lib.loris.postprocess import segment
-from lib.loris.settings import LorisSettings
+from lib.loris.settings import POOLINGS, SCORE_REGIONS, LorisSettings
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+SCORINGS = tuple(f"{p}/{r}" for r in SCORE_REGIONS for p in POOLINGS)
+"""The scoring ablation's ``pooling/region`` combinations: ``mean/box``, ``max/box``, ``mean/image``, ``max/image``."""
 
 
 @dataclass
@@ -96,6 +117,9 @@ class EvaluationConfig:
         image_size: network grid side ``S`` (None = the settings' default).
         seed: seed of the folds and of training.
         quick: start from the small CPU presets (``LorisSettings.quick()``, ``DetectorSettings.quick()``).
+        augment: train the network methods with box jitter and intensity gain (the paper has none).
+        pooling, score_region: LoRIS's headline score (None = the settings' default, the paper's mean in the box).
+        architecture: the network of every network method (None = the preset's).
         detector_epochs: detector training length (None = ``epochs``, or the detector's default).
         detector_image_size: the detector's input side (None = the detector preset's own, independent
             of ``image_size``: the box is found on its grid and mapped back to the image's pixels).
@@ -118,6 +142,10 @@ class EvaluationConfig:
     image_size: int | None = None
     seed: int = 0
     quick: bool = False
+    augment: bool = False
+    pooling: str | None = None
+    score_region: str | None = None
+    architecture: str | None = None
     detector_epochs: int | None = None
     detector_image_size: int | None = None
     uniform_percentile: float = 90.0
@@ -152,11 +180,21 @@ class EvaluationConfig:
             self.detector_settings()
 
     def loris_settings(self, mode: str) -> LorisSettings:
-        """The settings of a network method (``mode`` = loris | riad | autoencoder): same network and budget."""
+        """The settings of a network method (``mode`` = loris | riad | autoencoder): same network and budget.
+
+        LoRIS scores and segments in the box (the paper); RIAD and the autoencoder as their papers do:
+        the max of the map over the whole image, segmentation over the whole image.
+        """
         base = LorisSettings.quick() if self.quick else LorisSettings()
+        if self.architecture is not None and self.architecture != base.architecture:
+            other = LorisSettings() if self.architecture == "reference" else LorisSettings.quick()
+            base = base.replace(architecture=other.architecture, channels=other.channels, strides=other.strides,
+                                num_res_units=other.num_res_units)
         metric = self.metrics[0] if self.metrics else base.metric
+        scoring = ({"pooling": self.pooling, "score_region": self.score_region} if mode == "loris" else
+                   {"pooling": "max", "score_region": "image", "segment_in_box": False})
         return base.replace(mode=mode, max_epochs=self.epochs, patience=self.patience, image_size=self.image_size,
-                            seed=self.seed, metric=metric)
+                            seed=self.seed, metric=metric, augment=self.augment, **scoring)
 
     def detector_settings(self):
         """The recess detector's settings for ``--box detected``."""
@@ -174,11 +212,16 @@ class EvaluationConfig:
             "data": str(self.data), "out": str(self.out), "folds": self.folds, "methods": list(self.methods),
             "metrics": list(self.metrics), "boxes": list(self.boxes), "epochs": self.epochs,
             "patience": self.patience, "image_size": self.image_size, "seed": self.seed, "quick": self.quick,
+            "augment": self.augment, "pooling": self.pooling, "score_region": self.score_region,
+            "architecture": self.architecture,
             "detector_epochs": self.detector_epochs, "detector_image_size": self.detector_image_size,
             "uniform_percentile": self.uniform_percentile,
             "device": self.device, "command": self.command,
         }
         out["loris_settings"] = self.loris_settings("loris").to_dict()
+        if any(m in self.methods for m in ("riad", "autoencoder")):
+            out["baseline_scoring"] = {k: self.loris_settings("riad").to_dict()[k]
+                                       for k in ("pooling", "score_region", "segment_in_box")}
         if "detected" in self.boxes:
             out["detector_settings"] = self.detector_settings().to_dict()
         return out
@@ -248,29 +291,61 @@ def _load_images(records: list[Record], cache: dict) -> dict:
 # --- metrics of one method on one test set ---------------------------------------------------------------------
 
 
-def _method_metrics(labels, scores, threshold, maps=None, truths=None, known=None, regions=None,
-                    pixel_threshold=None) -> dict:
-    """All metrics of one method on one fold's test set (grid maps ``(N, S, S)`` when it has maps)."""
+def _box_shares(predicted: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Share of each image's box pixels that are segmented, ``(N,)`` (grid masks and box masks ``(N, S, S)``)."""
+    inside = boxes.sum(axis=(1, 2))
+    return (predicted & boxes).sum(axis=(1, 2)) / np.maximum(inside, 1)
+
+
+def _median(values) -> float | None:
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.median(values)) if values.size else None
+
+
+def _method_metrics(labels, scores, threshold, maps=None, truths=None, known=None, boxes=None,
+                    segment_in_box: bool = True, pixel_threshold=None) -> tuple[dict, np.ndarray | None]:
+    """All metrics of one method on one fold's test set, and its calibrated segmentation (grid, or None).
+
+    ``maps``, ``truths``, ``boxes``: ``(N, S, S)`` grid arrays; ``known``: ``(N,)``, False for distended
+    images without a mask (left out of the pixel metrics).
+    """
     scores = np.asarray(scores, dtype=np.float64)
     sens, spec = sensitivity_specificity(labels, scores >= threshold)
     out = {"i_auroc": image_auroc(labels, scores), "p_auroc": None, "dice": None, "dice_threshold": None,
-           "dice_calibrated": None, "sensitivity": sens, "specificity": spec,
+           "dice_in_box": None, "dice_calibrated": None, "dice_calibrated_region": None,
+           "normal_box_share": None, "distended_box_share": None, "sensitivity": sens, "specificity": spec,
            "threshold": float(threshold), "pixel_threshold": None}
-    if maps is not None:
-        sel = np.flatnonzero(known)
-        t = [truths[i] for i in sel]
-        m = [maps[i] for i in sel]
-        out["p_auroc"] = pixel_auroc(t, m)
-        out["dice"], out["dice_threshold"] = best_dice(t, m, None if regions is None else [regions[i] for i in sel])
-        predicted = segment(maps, pixel_threshold, regions)
-        out["dice_calibrated"] = dice(t, [predicted[i] for i in sel])
-        out["pixel_threshold"] = float(pixel_threshold)
+    if maps is None:
+        return out, None
+    sel = np.flatnonzero(known)
+    t = [truths[i] for i in sel]
+    m = [maps[i] for i in sel]
+    out["p_auroc"] = pixel_auroc(t, m)
+    out["dice"], out["dice_threshold"] = best_dice(t, m)
+    out["dice_in_box"] = best_dice(t, m, [boxes[i] for i in sel])[0]
+    predicted = segment(maps, pixel_threshold, boxes if segment_in_box else None)
+    out["dice_calibrated"] = dice(t, [predicted[i] for i in sel])
+    out["dice_calibrated_region"] = "box" if segment_in_box else "image"
+    shares = _box_shares(predicted, boxes)
+    labels = np.asarray(labels, dtype=bool)
+    out["normal_box_share"] = _median(shares[~labels])
+    out["distended_box_share"] = _median(shares[labels])
+    out["pixel_threshold"] = float(pixel_threshold)
+    return out, predicted
+
+
+def _scoring_ablation(labels, maps: np.ndarray, grid_boxes: np.ndarray) -> dict:
+    """I-AUROC of the test maps pooled every way of :data:`SCORINGS`: ``{"mean/box": auroc, ...}``."""
+    tensor = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+    boxes = torch.as_tensor(grid_boxes)
+    out = {}
+    for scoring in SCORINGS:
+        pooling, region = scoring.split("/")
+        out[scoring] = image_auroc(labels, image_scores(tensor, boxes, pooling, region).numpy())
     return out
 
 
-def _grid_regions(grid_boxes: np.ndarray, size: int, in_box: bool) -> np.ndarray | None:
-    if not in_box:
-        return None
+def _grid_boxes_mask(grid_boxes: np.ndarray, size: int) -> np.ndarray:
     return box_mask(torch.as_tensor(grid_boxes), size, size)[:, 0].numpy()
 
 
@@ -290,19 +365,15 @@ def _baseline_outputs(method: str, split: SplitData, size: int) -> tuple[np.ndar
     return scores, maps, grid_boxes
 
 
-def _fit_baseline(labels, scores, maps, truths, known, regions, target_fpr: float) -> tuple[float, float | None]:
-    """Image and pixel thresholds of a baseline on validation, with the core's rules (see :mod:`lib.loris.calibration`)."""
-    threshold = fit_image_threshold(scores, labels, target_fpr)["threshold"]
+def _fit_baseline(split: SplitData, scores, maps, boxes, settings: LorisSettings) -> tuple[float, float | None]:
+    """Image and pixel thresholds of a baseline on validation, with the core's rules (:mod:`lib.loris.calibration`)."""
     if maps is None:
-        return threshold, None
-    sel = known
-    if (labels & sel).any() and truths[labels & sel].any():
-        values = maps[sel][regions[sel]]
-        truth = truths[sel][regions[sel]]
-        outside = int((truths[sel] & ~regions[sel]).sum())
-        return threshold, best_dice_threshold(values, truth, outside)[0]
-    normal = ~labels
-    return threshold, float(np.quantile(maps[normal][regions[normal]], 1.0 - target_fpr))
+        from lib.loris.calibration import fit_image_threshold
+
+        return fit_image_threshold(scores, split.labels, settings.target_fpr)["threshold"], None
+    entry = fit_calibration({"map": scores}, {"map": maps}, split.labels, split.truths, boxes, boxes, split.known,
+                            settings.target_fpr, settings.normal_box_share)["map"]
+    return entry["threshold"], entry["pixel_threshold"]
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -516,7 +587,7 @@ class Evaluation:
                       "test": len(fold.test), "test_distended": sum(r.label == "distended" for r in fold.test),
                       "test_patients": len({r.patient_id for r in fold.test})},
             "test_images": [r.image for r in fold.test], "calibration_source": calibration_source,
-            "methods": {}, "training": {},
+            "methods": {}, "training": {}, "models": {},
         }
 
         # Models: train everything first (the progress bar's ETA covers it), then evaluate.
@@ -525,13 +596,16 @@ class Evaluation:
             train_records, valid_split, _ = splits[train_box]
             models[(method, train_box)] = self._train_network(method, train_box, fold, train_records,
                                                               valid_split.records, progress)
+            result["models"][f"{method}@{train_box}"] = str(models[(method, train_box)])
+        confidences = {}
         if "detected" in c.boxes:
             from lib.detection.metrics import detection_metrics
 
             detector = self._train_detector(fold, progress)
+            result["models"]["detector"] = str(self.config.out / "models" / f"fold_{fold.index}" / "detector")
             det = detection_metrics(detector, test.records, test.arrays())
             valid_det, missed_valid = box_sources.detected_records(detector, valid.records, images)
-            test_det, missed_test = box_sources.detected_records(detector, test.records, images)
+            test_det, missed_test = box_sources.detected_records(detector, test.records, images, confidences)
             det.update({"missed": missed_test, "missed_valid": missed_valid, "calibration_boxes": "detected"})
             result["detector"] = det
             splits["detected"] = (None, valid.with_records(valid_det), test.with_records(test_det))
@@ -548,8 +622,30 @@ class Evaluation:
             for method in c.methods:
                 if method in BASELINES:
                     self._evaluate_baseline(method, box, valid_split, test_split, result, panels)
+        result["images"] = self._image_records(splits, confidences, result["methods"])
         result["seconds"] = time.monotonic() - t0
         return result
+
+    @staticmethod
+    def _image_records(splits: dict, confidences: dict, methods: dict) -> list[dict]:
+        """One entry per test image: label, patient, each box used with its source, each method's score."""
+        sources = {"gt": "annotated", "uniform": "uniform (re-drawn annotated)", "detected": "detector"}
+        test = splits["gt"][2]
+        out = []
+        for i, r in enumerate(test.records):
+            boxes = {}
+            for box, (_, _, split) in splits.items():
+                entry = {"box": [int(v) for v in split.records[i].box], "source": sources[box]}
+                if box == "detected":
+                    entry["confidence"] = confidences.get(r.image)
+                boxes[box] = entry
+            out.append({
+                "image": r.image, "patient_id": r.patient_id, "label": r.label, "has_mask": bool(test.known[i]),
+                "boxes": boxes,
+                "scores": {key: m["scores"][m["images"].index(r.image)] for key, m in methods.items()
+                           if r.image in m["images"]},
+            })
+        return out
 
     def _evaluate_network(self, method, box, model_dir, valid: SplitData, test: SplitData, recalibrate: bool,
                           result: dict, panels: bool) -> None:
@@ -579,29 +675,32 @@ class Evaluation:
                 xs.append(out.x[wanted].cpu())
                 recons.append(out.reconstruction[wanted].cpu())
         grid = np.concatenate(grid_boxes)
-        regions = _grid_regions(grid, size, settings.segment_in_box)
+        boxes = _grid_boxes_mask(grid, size)
         labels = test.labels
         for m in c.metrics:
             thr, pthr = predictor.thresholds(m)
             s = np.concatenate(scores[m])
             mp = np.concatenate(maps[m])
-            entry = _method_metrics(labels, s, thr, mp, test.truths, test.known, regions, pthr)
+            entry, predicted = _method_metrics(labels, s, thr, mp, test.truths, test.known, boxes,
+                                               settings.segment_in_box, pthr)
             key = method_key(method, m, box)
-            entry.update({"method": method, "metric": m, "box": box, "scores": s.tolist(), "labels": labels.tolist(),
+            entry.update({"method": method, "metric": m, "box": box, "pooling": settings.pooling,
+                          "score_region": settings.score_region, "scores": s.tolist(), "labels": labels.tolist(),
                           "images": [r.image for r in test.records],
+                          "scoring": _scoring_ablation(labels, mp, grid),
                           "calibration": {k: v for k, v in predictor.calibration[m].items()
-                                          if k in ("image_rule", "pixel_rule", "valid_auroc", "valid_dice")},
+                                          if k in ("image_rule", "pixel_rule", "valid_auroc", "valid_dice",
+                                                   "valid_normal_box_share")},
                           "recalibrated": recalibrate})
             result["methods"][key] = entry
             if panel_idx:
                 x = torch.cat(xs)
                 recon = torch.cat(recons)
                 masked = self._masked_input(method, x, torch.as_tensor(grid[panel_idx]), settings)
-                pred = segment(mp[panel_idx], pthr, None if regions is None else regions[panel_idx])
                 rows = [PanelRow(test.records[j].image, test.records[j].label,
                                  preprocess.to_unit_range(x[k, 0]).numpy(), tuple(grid[j]),
                                  masked[k], np.clip(preprocess.to_unit_range(recon[k, 0]).numpy(), 0, 1),
-                                 mp[j], pred[k], test.truths[j], float(s[j]), bool(s[j] >= thr))
+                                 mp[j], predicted[j], test.truths[j], float(s[j]), bool(s[j] >= thr))
                         for k, j in enumerate(panel_idx)]
                 panel_figure(c.out / "panels" / f"{safe_name(key)}.png",
                              f"{key}, fold {result['index']} test images (network grid {size} px)", rows,
@@ -637,14 +736,13 @@ class Evaluation:
 
     def _evaluate_baseline(self, method, box, valid: SplitData, test: SplitData, result: dict, panels: bool) -> None:
         size = self.size
-        target_fpr = self.config.loris_settings("loris").target_fpr
+        settings = self.config.loris_settings("loris")
         v_scores, v_maps, v_grid = _baseline_outputs(method, valid, size)
-        v_regions = _grid_regions(v_grid, size, True)
-        thr, pthr = _fit_baseline(valid.labels, v_scores, v_maps, valid.truths, valid.known, v_regions, target_fpr)
+        thr, pthr = _fit_baseline(valid, v_scores, v_maps, _grid_boxes_mask(v_grid, size), settings)
         s, mp, grid = _baseline_outputs(method, test, size)
-        regions = _grid_regions(grid, size, True)
+        boxes = _grid_boxes_mask(grid, size)
         labels = test.labels
-        entry = _method_metrics(labels, s, thr, mp, test.truths, test.known, regions, pthr)
+        entry, predicted = _method_metrics(labels, s, thr, mp, test.truths, test.known, boxes, True, pthr)
         key = method_key(method, None, box)
         entry.update({"method": method, "metric": None, "box": box, "scores": s.tolist(), "labels": labels.tolist(),
                       "images": [r.image for r in test.records]})
@@ -653,10 +751,9 @@ class Evaluation:
             idx = self._panel_indices(test)
             x, _ = preprocess.batch([test.images[test.records[j].image] for j in idx],
                                     [test.records[j].box for j in idx], size)
-            pred = segment(mp[idx], pthr, regions[idx]) if mp is not None else [None] * len(idx)
             rows = [PanelRow(test.records[j].image, test.records[j].label, preprocess.to_unit_range(x[k, 0]).numpy(),
-                             tuple(grid[j]), None, None, None if mp is None else mp[j], pred[k], test.truths[j],
-                             float(s[j]), bool(s[j] >= thr))
+                             tuple(grid[j]), None, None, None if mp is None else mp[j],
+                             None if predicted is None else predicted[j], test.truths[j], float(s[j]), bool(s[j] >= thr))
                     for k, j in enumerate(idx)]
             panel_figure(self.config.out / "panels" / f"{safe_name(key)}.png",
                          f"{key}, fold {result['index']} test images (network grid {size} px)", rows,

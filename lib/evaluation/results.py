@@ -12,22 +12,29 @@ Method keys
 ``metrics.json``::
 
     {"methods": {"<key>": {"method": "loris", "metric": "msgmsd", "box": "gt",
+                           "pooling": "mean", "score_region": "box", "dice_calibrated_region": "box",
                            "i_auroc": {"mean": float|null, "std": float|null, "folds": [float|null, ...]},
-                           "p_auroc": {...}, "dice": {...}, "dice_calibrated": {...},
+                           "p_auroc": {...}, "dice": {...}, "dice_in_box": {...}, "dice_calibrated": {...},
+                           "normal_box_share": {...}, "distended_box_share": {...},
                            "sensitivity": {...}, "specificity": {...}}},
+     "scoring": {"<key>": {"mean/box": {...}, "max/box": {...}, "mean/image": {...}, "max/image": {...}}},
      "detector": {"precision50": {...}, "map50": {...}, "map75": {...}, "mean_iou": {...},
                   "missed": [int per fold]}          # only with --box detected
      "uniform_box": {"width_fraction": .., "height_fraction": .., ...},   # only with --box uniform
      "config": {...}, "dataset": {...}}
 
 ``p_auroc`` ranks every pixel of the anomaly maps (the whole network grid).
-``dice`` is the paper's best-threshold Dice (pooled pixels, threshold chosen on
-the test set itself: an upper bound, without post-processing);
-``dice_calibrated`` uses the pixel threshold fitted on validation and the
-closing/opening post-processing. Both Dice count only pixels the method may
-segment (inside the box when ``segment_in_box``, as the core segments; a missed
-anomalous pixel outside still counts), so post-processing can make
-``dice_calibrated`` a little higher than ``dice``.
+``dice`` is the paper's best-threshold Dice (the pooled pixels of whole test
+images, normal images included as all-negative, threshold chosen on the test set
+itself: an upper bound, without post-processing); ``dice_in_box`` the same when
+only box pixels can fire (anomalous pixels outside the box count as missed; a
+floor of "the whole box" that every method reaches); ``dice_calibrated`` uses
+the pixel threshold fitted on validation and the closing/opening
+post-processing, in the region the method segments (``dice_calibrated_region``:
+``box`` or ``image``). ``normal_box_share`` / ``distended_box_share``: the
+median share of the box segmented at the calibrated threshold, over the normal /
+distended test images. ``scoring``: the I-AUROC of each network method's maps
+pooled by mean or max over the box or the whole image (the scoring ablation).
 A metric that does not apply (``box-shape`` has no anomaly map) or is
 undefined on a fold (one class only) is null.
 """
@@ -37,7 +44,8 @@ from __future__ import annotations
 from lib.evaluation.baselines import BASELINES
 from lib.evaluation.metrics import summarize
 
-METRIC_NAMES = ("i_auroc", "p_auroc", "dice", "dice_calibrated", "sensitivity", "specificity")
+METRIC_NAMES = ("i_auroc", "p_auroc", "dice", "dice_in_box", "dice_calibrated", "normal_box_share",
+                "distended_box_share", "sensitivity", "specificity")
 """The per-method metrics of ``metrics.json``, in report order."""
 
 DETECTOR_METRICS = ("precision50", "map50", "map75", "mean_iou")
@@ -70,10 +78,19 @@ def aggregate(fold_results: list[dict]) -> dict:
         entries = [fold["methods"].get(key) for fold in fold_results]
         first = next(e for e in entries if e is not None)
         out = {"method": first["method"], "metric": first["metric"], "box": first["box"]}
+        for name in ("pooling", "score_region", "dice_calibrated_region"):
+            if first.get(name) is not None:
+                out[name] = first[name]
         for name in METRIC_NAMES:
             out[name] = summarize([None if e is None else e.get(name) for e in entries])
         methods[key] = out
-    result = {"methods": methods}
+    result = {"methods": methods, "scoring": {}}
+    for key in keys:
+        entries = [fold["methods"].get(key) for fold in fold_results]
+        ablations = [None if e is None else e.get("scoring") for e in entries]
+        if any(a is not None for a in ablations):
+            combos = next(a for a in ablations if a is not None)
+            result["scoring"][key] = {c: summarize([None if a is None else a.get(c) for a in ablations]) for c in combos}
     detectors = [fold.get("detector") for fold in fold_results]
     if any(d is not None for d in detectors):
         result["detector"] = {

@@ -16,9 +16,13 @@ Answer (multipart: ``params`` JSON + the label file):
   spacing 1, identity direction; the same pixel grid as the PNG image).
 
 and the JSON params of both: ``score``, ``distended`` (the decision), ``threshold``,
-``pixel_threshold``, ``metric``, ``box`` (the box used), ``box_source``
-(``"request"`` | ``"detector"``), ``detector_confidence`` (None for a requested box),
-``image_size`` ``[W, H]``, ``model_version``.
+``metric`` (of the score), ``pixel_metric`` (of the map and segmentation),
+``pixel_threshold``, ``display_range`` ``[low, high]`` (map values for a colour
+scale, the same for every image of the model), ``box`` (the box used),
+``box_source`` (``"request"`` | ``"detector"``), ``detector_confidence`` (None
+for a requested box), ``image_size`` ``[W, H]``, ``model_version``. Without a
+``metric`` param the score is the model's ``metric`` (MSGMSD) and the map and
+segmentation its ``pixel_metric`` (DD); with one, everything is of that metric.
 
 ``loris_anomaly_map`` also carries the segmentation in its params, as
 ``mask_png_base64``: the base64 of the same 0/1 PNG ``loris`` answers with. One
@@ -123,12 +127,7 @@ class LorisInfer(DatastoreImageInfer):
             prediction = predictor.predict(image, tuple(box), metric=data["metric"], with_reconstruction=False)
         data["prediction"] = prediction
         data["result"] = {
-            "score": float(prediction.score),
-            "distended": bool(prediction.distended),
-            "threshold": float(prediction.threshold),
-            "pixel_threshold": float(prediction.pixel_threshold),
-            "metric": prediction.metric,
-            "box": [int(v) for v in prediction.box],
+            **prediction.to_json(),
             "box_source": source,
             "detector_confidence": confidence,
             "image_size": [int(image.shape[1]), int(image.shape[0])],

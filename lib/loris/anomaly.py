@@ -3,11 +3,12 @@
 ``anomaly_map(original, reconstruction, metric)`` takes ``(B, 1, H, W)``
 tensors in the network's intensity range ``[-1, 1]`` and returns
 ``(B, 1, H, W)`` (0 = no anomaly, larger = more anomalous), batched, on the
-inputs' device. Metrics (../shared/LORIS-NOTES.md):
+inputs' device. Metrics (``docs/method.md``):
 
 - ``msgmsd``: multi-scale gradient magnitude similarity deviation,
-  ``1 - mean3(MSGMS(median3(p), median3(p_r)))`` over 4 scales, in ``[0, 1)``
-  (:mod:`lib.loris.msgms`); best image-level detection in the paper.
+  ``1 - mean3(MSGMS(p, p_r))`` over 4 scales, each scale pooled, then
+  median-filtered, then compared (:mod:`lib.loris.msgms`), in ``[0, 1)``;
+  best image-level detection in the paper.
 - ``gmsd``: the same at a single scale.
 - ``dd``: directional difference ``max(p_r - p, 0)``, in ``[0, 2]``: only pixels
   that the reconstruction makes *brighter* count (a dark distended recess is

@@ -10,9 +10,9 @@ normal images). The best checkpoint on the validation loss is saved, with
 its settings and calibration, in MODEL_DIR/model.pt (model.json is a readable
 copy); MODEL_DIR/checkpoint_last.pt allows --resume.
 
-Defaults are the paper's (256 px, Adam 1e-4, batch 4, 1000 epochs, patience
-50); --quick is a CPU demo preset (128 px, small UNet, 100 epochs, about
-two minutes on two CPU cores for the sample data).
+Defaults are the paper's (the reference U-Net, 256 px, Adam 1e-4, batch 4,
+1000 epochs, patience 50, no augmentation): a GPU job. --quick is a CPU demo
+preset (128 px, a small MONAI UNet, Adam 2e-3, 100 epochs, patience 25).
 
 Examples:
   python -m lib sample-data --out data/sample
@@ -26,28 +26,43 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lib.loris.settings import METRICS, MODES, POOLINGS, LorisSettings
+from lib.loris.settings import ARCHITECTURES, METRICS, MODES, POOLINGS, SCORE_REGIONS, LorisSettings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, metavar="DIR", help="data set folder (flat, reference or datastore)")
     parser.add_argument("--out", required=True, type=Path, metavar="MODEL_DIR", help="model directory to write")
-    parser.add_argument("--quick", action="store_true", help="CPU demo preset: 128 px, small UNet, Adam 2e-3, 100 epochs, patience 25")
+    parser.add_argument("--quick", action="store_true",
+                        help="CPU demo preset: 128 px, small MONAI UNet, Adam 2e-3, 100 epochs, patience 25")
     parser.add_argument("--epochs", type=int, metavar="N", help="maximum epochs (default 1000; quick 100)")
     parser.add_argument("--patience", type=int, metavar="P", help="early-stopping patience in epochs (default 50; quick 25)")
     parser.add_argument("--batch-size", type=int, metavar="B", help="mini-batch size (default 4)")
     parser.add_argument("--lr", type=float, metavar="LR", help="Adam learning rate (default 1e-4; quick 2e-3)")
     parser.add_argument("--image-size", type=int, metavar="S", help="network grid side in pixels (default 256; quick 128)")
     parser.add_argument("--metric", choices=METRICS, help="default anomaly-map metric of the model (default msgmsd)")
-    parser.add_argument("--pooling", choices=POOLINGS, help="image score pooling in the box (default mean, paper)")
+    parser.add_argument("--architecture", choices=ARCHITECTURES,
+                        help="network: reference (the paper's U-Net, default) or unet (MONAI UNet; quick)")
+    parser.add_argument("--pooling", choices=POOLINGS, help="image score pooling (default mean, paper)")
+    parser.add_argument("--score-region", choices=SCORE_REGIONS,
+                        help="where the score pools the map: box (default) or the whole image")
     parser.add_argument("--mode", choices=MODES, help="network input: loris (box mask, default), autoencoder, riad")
     parser.add_argument("--valid-fraction", type=float, metavar="F", help="share of patients for validation (default 0.2)")
     parser.add_argument("--target-fpr", type=float, metavar="F", help="calibration FPR without distended validation images (default 0.05)")
     parser.add_argument("--seed", type=int, help="random seed (default 0)")
-    parser.add_argument("--no-augment", action="store_true", help="no box jitter / intensity gain augmentation")
+    parser.add_argument("--augment", action="store_true",
+                        help="random box jitter and intensity gain while training (off by default, as in the paper)")
     parser.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint_last.pt")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _architecture(args: argparse.Namespace) -> dict:
+    """The network fields ``--architecture`` implies when it differs from the preset's (the other preset's net)."""
+    if args.architecture is None:
+        return {}
+    other = LorisSettings() if args.architecture == "reference" else LorisSettings.quick()
+    return {"architecture": args.architecture, "channels": other.channels, "strides": other.strides,
+            "num_res_units": other.num_res_units}
 
 
 def settings_from_args(args: argparse.Namespace) -> LorisSettings:
@@ -55,9 +70,9 @@ def settings_from_args(args: argparse.Namespace) -> LorisSettings:
     base = LorisSettings.quick() if args.quick else LorisSettings()
     return base.replace(
         max_epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, learning_rate=args.lr,
-        image_size=args.image_size, metric=args.metric, pooling=args.pooling, mode=args.mode,
-        valid_fraction=args.valid_fraction, target_fpr=args.target_fpr, seed=args.seed,
-        augment=False if args.no_augment else None,
+        image_size=args.image_size, metric=args.metric, pooling=args.pooling, score_region=args.score_region,
+        mode=args.mode, valid_fraction=args.valid_fraction, target_fpr=args.target_fpr, seed=args.seed,
+        augment=True if args.augment else None, **_architecture(args),
     )
 
 

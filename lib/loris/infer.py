@@ -16,6 +16,7 @@ written; nothing is written when the prediction fails.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -36,7 +37,7 @@ from lib.loris import preprocess
 from lib.loris.anomaly import anomaly_maps, check_metric
 from lib.loris.model_files import load_model
 from lib.loris.network import InferenceNetwork, build_network
-from lib.loris.postprocess import box_region, box_scores, segment
+from lib.loris.postprocess import box_region, image_scores, segment
 from lib.loris.reconstruction import reconstruct
 from lib.loris.settings import LorisSettings
 
@@ -60,17 +61,20 @@ def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
 
 @dataclass
 class Prediction:
-    """LoRIS output for one image and one metric, in the image's own geometry.
+    """LoRIS output for one image, in the image's own geometry.
 
     Attributes:
         box: the recess box used (original pixels).
         reconstruction: ``(H, W)`` float32 in ``[0, 1]``; None when not asked for.
-        anomaly_map: ``(H, W)`` float32 (0 = normal).
-        score: the map pooled in the box (on the network grid).
+        anomaly_map: ``(H, W)`` float32 (0 = normal), of ``pixel_metric``.
+        score: the ``metric`` map pooled as the settings say (on the network grid).
         distended: ``score >= threshold``.
-        mask: ``(H, W)`` bool segmentation.
-        threshold, pixel_threshold: the calibrated thresholds used.
-        metric: the anomaly-map metric.
+        mask: ``(H, W)`` bool segmentation of ``anomaly_map``.
+        threshold, pixel_threshold: the calibrated thresholds used (of ``metric`` and ``pixel_metric``).
+        metric: the metric of the score and decision.
+        pixel_metric: the metric of the anomaly map and segmentation (None: the same as ``metric``).
+        display_range: ``[low, high]`` map values for a colour scale, the same for every image of the model
+            (from its calibration); None when the calibration has none.
     """
 
     box: Box
@@ -82,6 +86,18 @@ class Prediction:
     threshold: float
     pixel_threshold: float
     metric: str
+    pixel_metric: str | None = None
+    display_range: list | None = None
+
+    def __post_init__(self) -> None:
+        if self.pixel_metric is None:
+            self.pixel_metric = self.metric
+
+    def with_pixels_of(self, other: "Prediction") -> "Prediction":
+        """This prediction's score and decision with ``other``'s anomaly map and segmentation (same image)."""
+        return dataclasses.replace(self, anomaly_map=other.anomaly_map, mask=other.mask,
+                                   pixel_threshold=other.pixel_threshold, pixel_metric=other.pixel_metric,
+                                   display_range=other.display_range)
 
     def to_json(self) -> dict:
         """The scalar part as JSON-ready values (vocabulary of the REST API)."""
@@ -91,6 +107,8 @@ class Prediction:
             "threshold": self.threshold,
             "pixel_threshold": self.pixel_threshold,
             "metric": self.metric,
+            "pixel_metric": self.pixel_metric,
+            "display_range": self.display_range,
             "box": [int(v) for v in self.box],
         }
 
@@ -104,7 +122,7 @@ class NetworkOutputs:
         grid_boxes: ``(B, 4)`` boxes on the grid.
         reconstruction: ``(B, 1, S, S)`` in ``[-1, 1]`` (RIAD: mean of the cell sizes' reconstructions).
         maps: ``{metric: (B, 1, S, S)}`` anomaly maps (RIAD: mean over the cell sizes).
-        scores: ``{metric: (B,)}`` pooled in the box.
+        scores: ``{metric: (B,)}`` pooled as the settings say (``pooling`` over ``score_region``).
     """
 
     x: torch.Tensor
@@ -149,11 +167,21 @@ class LorisPredictor:
     # --- thresholds -----------------------------------------------------------------------------------------
     def thresholds(self, metric: str) -> tuple[float, float]:
         """``(threshold, pixel_threshold)`` of ``metric``; NotTrainedError when the model is not calibrated."""
+        entry = self._calibration_entry(metric)
+        return float(entry["threshold"]), float(entry["pixel_threshold"])
+
+    def display_range(self, metric: str) -> list[float] | None:
+        """``[low, high]`` of ``metric``'s map for a colour scale, from the calibration (see
+        :mod:`lib.loris.calibration`)."""
+        value = self._calibration_entry(metric).get("display_range")
+        return [float(v) for v in value] if value else None
+
+    def _calibration_entry(self, metric: str) -> dict:
         check_metric(metric)
         entry = (self.calibration or {}).get(metric)
         if not entry:
             raise NotTrainedError(f"the model has no calibrated thresholds for metric {metric!r}")
-        return float(entry["threshold"]), float(entry["pixel_threshold"])
+        return entry
 
     # --- network grid ---------------------------------------------------------------------------------------
     def network_outputs(self, images: Sequence[np.ndarray], boxes: Sequence[Box], metrics=None) -> NetworkOutputs:
@@ -171,7 +199,8 @@ class LorisPredictor:
             if len(recons) > 1:
                 maps = {k: v / len(recons) for k, v in maps.items()}
             recon = recons[0] if len(recons) == 1 else torch.stack(recons).mean(dim=0)
-            scores = {k: box_scores(v, grid_boxes, self.settings.pooling) for k, v in maps.items()}
+            scores = {k: image_scores(v, grid_boxes, self.settings.pooling, self.settings.score_region)
+                      for k, v in maps.items()}
         return NetworkOutputs(x, grid_boxes, recon, maps, scores)
 
     def score_batch(self, images: Sequence[np.ndarray], boxes: Sequence[Box], metrics=None,
@@ -227,6 +256,7 @@ class LorisPredictor:
                     per_metric[m] = Prediction(
                         box=box, reconstruction=recon, anomaly_map=amap, score=score, distended=bool(score >= thr),
                         mask=segment(amap, pthr, region), threshold=thr, pixel_threshold=pthr, metric=m,
+                        display_range=self.display_range(m),
                     )
                 results.append(per_metric)
         return results
@@ -234,9 +264,18 @@ class LorisPredictor:
     def predict(self, image: np.ndarray, box: Box, metric: str | None = None,
                 with_reconstruction: bool = True) -> Prediction:
         """LoRIS on one image ``(H, W)`` in ``[0, 1]`` with its recess ``box`` (original pixels); see
-        :meth:`predict_batch` for ``with_reconstruction``."""
-        metric = metric or self.settings.metric
-        return self.predict_batch([image], [box], (metric,), with_reconstruction=with_reconstruction)[0][metric]
+        :meth:`predict_batch` for ``with_reconstruction``.
+
+        ``metric`` None: the model's served combination, the score and decision of ``settings.metric`` with
+        the anomaly map and segmentation of ``settings.pixel_metric`` (one forward pass); a ``metric``:
+        everything of that metric.
+        """
+        if metric:
+            return self.predict_batch([image], [box], (metric,), with_reconstruction=with_reconstruction)[0][metric]
+        score_metric, pixel_metric = self.settings.metric, self.settings.pixel_metric
+        both = self.predict_batch([image], [box], tuple(dict.fromkeys((score_metric, pixel_metric))),
+                                  with_reconstruction=with_reconstruction)[0]
+        return both[score_metric].with_pixels_of(both[pixel_metric])
 
 
 def _unit_image(recon: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The LoRIS training loss ``L = L_MSGMS + L_SSIM + L_2`` over the whole image.
 
 ``L_MSGMS`` is :func:`lib.loris.msgms.msgms_loss` (mean over 4 scales of
-``1 - GMS``, no median filter); ``L_SSIM`` is MONAI's ``SSIMLoss`` (``1 - SSIM``,
+``1 - GMS``, each scale pooled, then 3x3 median-filtered, then compared, as in
+the reference code); ``L_SSIM`` is MONAI's ``SSIMLoss`` (``1 - SSIM``,
 Gaussian window, data range 2 for ``[-1, 1]``); ``L_2`` is the mean squared
 error. The three terms are returned separately for logging.
 """

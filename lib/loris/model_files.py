@@ -3,7 +3,7 @@
 Layout of ``MODEL_DIR``::
 
     model.pt            the model, one file written atomically (temporary file, then rename):
-                        {"format": "loris-model", "format_version": 1, "settings": {...},
+                        {"format": "loris-model", "format_version": 2, "settings": {...},
                          "normalization": {...}, "calibration": {metric: {...}} | None,
                          "training": {...}, "state_dict": {...}}
     model.json          the same without the weights, for people and tools (written after model.pt;
@@ -32,7 +32,11 @@ from lib.loris.preprocess import NORMALIZATION
 from lib.loris.settings import LorisSettings
 
 FORMAT = "loris-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the reference network, anomaly maps and loss median-filtered at every scale, and a pixel threshold
+capped on normal boxes. Version 1 folders were trained and calibrated with the earlier definitions: they are
+refused with the command that retrains them (:data:`RETRAIN`)."""
+RETRAIN = "retrain it: python -m lib train --data DIR --out MODEL_DIR, or POST /train/loris on the server"
 MODEL_FILE = "model.pt"
 INFO_FILE = "model.json"
 CHECKPOINT_FILE = "checkpoint_last.pt"
@@ -100,6 +104,9 @@ def load_model(model_dir: str | os.PathLike) -> ModelBundle:
         problems.append(f"format is {data.get('format')!r}, expected {FORMAT!r}")
     if data.get("format_version") != FORMAT_VERSION:
         problems.append(f"format_version is {data.get('format_version')!r}, this code reads version {FORMAT_VERSION}")
+        if data.get("format_version") == 1:
+            problems.append("version 1 models used an MSGMS that median-filtered once at full size and a pixel "
+                            "threshold that segmented the whole box")
     for key in ("settings", "state_dict"):
         if not isinstance(data.get(key), dict):
             problems.append(f"{key!r} is missing")
@@ -110,7 +117,7 @@ def load_model(model_dir: str | os.PathLike) -> ModelBundle:
         except DataError as exc:
             problems.append(str(exc))
     if problems:
-        raise ModelError(f"{path}: incompatible LoRIS model: " + "; ".join(problems) + ". Retrain it with this version.")
+        raise ModelError(f"{path}: incompatible LoRIS model: " + "; ".join(problems) + f"; {RETRAIN}")
     calibration = data.get("calibration")
     return ModelBundle(
         settings=settings,
@@ -149,5 +156,6 @@ def load_checkpoint(model_dir: str | os.PathLike) -> dict | None:
     except Exception as exc:
         raise ModelError(f"{path}: unreadable training checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
-        raise ModelError(f"{path}: training checkpoint from an incompatible version; train without --resume")
+        raise ModelError(f"{path}: training checkpoint from an incompatible version; train without --resume "
+                         "(or delete the checkpoint)")
     return data

@@ -1,27 +1,29 @@
 """Multi-scale gradient magnitude similarity (MSGMS), written once for the loss and the anomaly maps.
 
-Recipe of the LoRIS reference code (../shared/LORIS-NOTES.md), on intensities
-as the network sees them (``[-1, 1]``, one channel):
+The recipe of the LoRIS reference code (``losses/tf_criterions.py``: ``Grad_Mag_Map``, ``GMS``,
+``MSGMS_Loss``, ``MSGMS_Map``; see ``docs/method.md``), on intensities as the network sees them
+(``[-1, 1]``, one channel). At each of the 4 scales (the image, then three successive 2x2 average
+poolings of the *unfiltered* images), in this order:
 
-- gradients by cross-correlation with the unnormalized Prewitt kernels
-  ``gx = [[1,0,-1],[1,0,-1],[1,0,-1]]``, ``gy = [[1,1,1],[0,0,0],[-1,-1,-1]]``
-  (zero padding, no division by 3), magnitude ``g = sqrt(gx^2 + gy^2 + eps)``;
-- ``GMS = (2 g1 g2 + c) / (g1^2 + g2^2 + c)`` with ``c = 0.0026``;
-- scales: the image and three successive 2x2 average poolings (4 scales).
+1. the 3x3 median filter (reflect padding) of both images at that scale;
+2. Prewitt gradients by cross-correlation with the unnormalized kernels
+   ``gx = [[1,0,-1],[1,0,-1],[1,0,-1]]``, ``gy = [[1,1,1],[0,0,0],[-1,-1,-1]]``
+   (zero padding, no division by 3), magnitude ``g = sqrt(gx^2 + gy^2 + eps)``;
+3. ``GMS = (2 g1 g2 + c) / (g1^2 + g2^2 + c)`` with ``c = 0.0026``.
 
-What is median-filtered differs between the two uses, as in the notes:
+- **loss** (:func:`msgms_loss`): the mean over the scales of ``mean(1 - GMS_s)`` at each scale's own
+  resolution (no upsampling);
+- **anomaly map** (:func:`msgmsd_map`): each scale's GMS map upsampled back to full size (bilinear,
+  half-pixel centres), the maps averaged, smoothed by a 3x3 mean filter (reflect padding), and the map
+  is ``1 - MSGMS``.
 
-- **loss** (:func:`msgms_loss`): no filtering; the mean over the scales of
-  ``mean(1 - GMS_s)`` at each scale's own resolution (no upsampling);
-- **anomaly map** (:func:`msgmsd_map`): both images are 3x3 median-filtered
-  (reflect padding) first; each scale's GMS map is upsampled back to full size
-  (bilinear), the maps are averaged, smoothed by a 3x3 mean filter (reflect
-  padding), and the map is ``1 - MSGMS``.
-
-All functions take ``(B, 1, H, W)`` tensors and are batched; nothing loops over pixels.
+The median filter runs at every scale, after the pooling, in the map *and* in the loss (not once at
+full size). All functions take ``(B, 1, H, W)`` tensors and are batched; nothing loops over pixels.
 """
 
 from __future__ import annotations
+
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +31,9 @@ import torch.nn.functional as F
 GMS_C = 0.0026
 """Stability constant ``c`` of the GMS (reference value for intensities in ``[-1, 1]``)."""
 
-EPS = 1e-12
-"""``eps`` in ``sqrt(gx^2 + gy^2 + eps)``: keeps the gradient of the square root finite at 0."""
+EPS = sys.float_info.epsilon
+"""``eps`` in ``sqrt(gx^2 + gy^2 + eps)`` (the reference's, about 2.2e-16): keeps the gradient of the square
+root finite at 0."""
 
 SCALES = 4
 
@@ -116,15 +119,19 @@ def gms(a: torch.Tensor, b: torch.Tensor, c: float = GMS_C) -> torch.Tensor:
 
 
 def gms_pyramid(a: torch.Tensor, b: torch.Tensor, scales: int = SCALES, c: float = GMS_C) -> list[torch.Tensor]:
-    """GMS maps at ``scales`` scales: the inputs, then successive 2x2 average poolings (each at its own size)."""
+    """GMS maps at ``scales`` scales, each at its own size: at scale ``s`` both inputs are average-pooled
+    ``s`` times (2x2, from the unfiltered images), then 3x3 median-filtered, then compared."""
     _check(a)
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    n = a.shape[0]
+    pair = torch.cat([a, b])  # both images through each step at once: half the per-operation overhead
     maps = []
     for s in range(scales):
         if s:
-            a, b = F.avg_pool2d(a, 2), F.avg_pool2d(b, 2)
-        maps.append(gms(a, b, c))
+            pair = F.avg_pool2d(pair, 2)
+        filtered = median_filter3(pair)
+        maps.append(gms(filtered[:n], filtered[n:], c))
     return maps
 
 
@@ -141,26 +148,19 @@ def msgms_map(a: torch.Tensor, b: torch.Tensor, scales: int = SCALES, c: float =
 
 
 def msgms_loss(a: torch.Tensor, b: torch.Tensor, scales: int = SCALES, c: float = GMS_C) -> torch.Tensor:
-    """MSGMS loss (scalar): mean over scales of ``mean(1 - GMS_s)``; no median filter, no upsampling."""
+    """MSGMS loss (scalar): mean over scales of ``mean(1 - GMS_s)`` (median-filtered at every scale, no upsampling)."""
     return torch.stack([(1.0 - m).mean() for m in gms_pyramid(a, b, scales, c)]).mean()
 
 
-def _median_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``median_filter3`` of both, in one pass over the pair (half the per-operation overhead)."""
-    both = median_filter3(torch.cat([a, b]))
-    return both[: a.shape[0]], both[a.shape[0]:]
-
-
 def msgmsd_map(original: torch.Tensor, reconstruction: torch.Tensor, scales: int = SCALES, c: float = GMS_C) -> torch.Tensor:
-    """MSGMS deviation anomaly map ``1 - mean3(MSGMS(median3(p), median3(p_r)))``, ``(B, 1, H, W)`` in ``[0, 1)``.
+    """MSGMS deviation anomaly map ``1 - mean3(MSGMS(p, p_r))``, ``(B, 1, H, W)`` in ``[0, 1)``.
 
     ``scales=1`` gives the single-scale GMSD map.
     """
-    sim = msgms_map(*_median_pair(original, reconstruction), scales, c)
-    return 1.0 - mean_filter3(sim)
+    return 1.0 - mean_filter3(msgms_map(original, reconstruction, scales, c))
 
 
 def deviation_maps(original: torch.Tensor, reconstruction: torch.Tensor, scales: int = SCALES, c: float = GMS_C):
-    """``(msgmsd, gmsd)`` maps from one median filtering and one GMS pyramid (GMSD = its first scale)."""
-    pyramid = gms_pyramid(*_median_pair(original, reconstruction), scales, c)
+    """``(msgmsd, gmsd)`` maps from one GMS pyramid (GMSD = its first scale)."""
+    pyramid = gms_pyramid(original, reconstruction, scales, c)
     return 1.0 - mean_filter3(_upsampled_mean(pyramid)), 1.0 - mean_filter3(pyramid[0])

@@ -1,10 +1,20 @@
-"""The LoRIS reconstruction network: MONAI's 2D ``UNet``, one channel in and out, ``tanh`` output.
+"""The LoRIS reconstruction networks: one channel in and out, ``tanh`` output in ``(-1, 1)``.
 
-The reference code uses a Keras U-Net (Conv-BN-ReLU, strided convolutions,
-transposed-convolution decoder, skip connections, ``tanh``); MONAI's ``UNet``
-has the same shape (strided convolutions down, transposed convolutions up,
-skip connections) with configurable channels, strides and residual units.
-``tanh`` matches the network intensity range ``[-1, 1]``.
+Two architectures (``LorisSettings.architecture``), both built from MONAI blocks:
+
+- ``reference`` (the ``paper`` preset): the U-Net of the LoRIS reference code
+  (``models/tf_unet.py``; ``docs/method.md``). Encoder: a **full-resolution** stage
+  (3x3 stride-1 convolution, then a 3x3 convolution), then one stage per further level,
+  each entered by a 4x4 stride-2 convolution and followed by a 3x3 convolution. Decoder:
+  at each level a 4x4 stride-2 transposed convolution, concatenated with the encoder stage
+  of the same size (skips at every resolution, the full one included), then two 3x3
+  convolutions; a final 3x3 convolution to one channel. Every convolution but the
+  transposed ones and the last is Conv-BatchNorm-ReLU. With the reference's channels
+  ``64-128-256-512-512`` it has about 28.8 M parameters; the full-resolution stage and its
+  skip carry fine detail (speckle) straight to the output.
+- ``unet``: MONAI's ``UNet`` (strided 3x3 convolutions down, transposed convolutions up,
+  residual units); its first stage is already strided, so it has no full-resolution stage
+  and no full-resolution skip. Kept for small CPU models and older model folders.
 """
 
 from __future__ import annotations
@@ -22,21 +32,70 @@ from lib.loris.settings import LorisSettings
 _NORMS = {"batch": "BATCH", "instance": "INSTANCE"}
 
 
+def _conv(in_channels: int, out_channels: int, norm: str, dropout: float, kernel_size: int = 3,
+          strides: int = 1) -> Convolution:
+    """Conv-Norm-(Dropout)-ReLU; 4x4 stride-2 convolutions pad by 1 so that they halve the size exactly."""
+    padding = 1 if kernel_size in (3, 4) else None
+    return Convolution(2, in_channels, out_channels, strides=strides, kernel_size=kernel_size, padding=padding,
+                       act="RELU", norm=_NORMS[norm], dropout=dropout or None, adn_ordering="NDA")
+
+
+class ReferenceUNet(nn.Module):
+    """The reference code's U-Net: ``(B, 1, S, S)`` -> ``(B, 1, S, S)`` (before ``tanh``).
+
+    Args:
+        channels: channels of each level, the full-resolution stage first (reference: 64, 128, 256,
+            512, 512); level ``k`` works at ``S / 2**k``.
+        norm, dropout: as in :class:`~lib.loris.settings.LorisSettings`.
+    """
+
+    def __init__(self, channels=(64, 128, 256, 512, 512), norm: str = "batch", dropout: float = 0.0) -> None:
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        self.encoder = nn.ModuleList()
+        previous = 1
+        for level, c in enumerate(channels):
+            entry = _conv(previous, c, norm, dropout) if level == 0 else _conv(previous, c, norm, dropout, 4, 2)
+            self.encoder.append(nn.Sequential(entry, _conv(c, c, norm, dropout)))
+            previous = c
+        self.up = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for c in reversed(channels[:-1]):
+            self.up.append(Convolution(2, previous, c, strides=2, kernel_size=4, padding=1, output_padding=0,
+                                       is_transposed=True, conv_only=True))
+            self.decoder.append(nn.Sequential(_conv(2 * c, c, norm, dropout), _conv(c, c, norm, dropout)))
+            previous = c
+        self.head = Convolution(2, previous, 1, kernel_size=3, padding=1, conv_only=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for stage in self.encoder:
+            x = stage(x)
+            skips.append(x)
+        x = skips.pop()
+        for up, stage in zip(self.up, self.decoder):
+            x = stage(torch.cat([up(x), skips.pop()], dim=1))
+        return self.head(x)
+
+
 class LorisNetwork(nn.Module):
     """``(B, 1, S, S)`` in ``[-1, 1]`` (masked image) -> ``(B, 1, S, S)`` in ``(-1, 1)`` (reconstruction)."""
 
     def __init__(self, settings: LorisSettings) -> None:
         super().__init__()
-        self.unet = UNet(
-            spatial_dims=2,
-            in_channels=1,
-            out_channels=1,
-            channels=settings.channels,
-            strides=settings.strides,
-            num_res_units=settings.num_res_units,
-            norm=_NORMS[settings.norm],
-            dropout=settings.dropout,
-        )
+        if settings.architecture == "reference":
+            self.unet = ReferenceUNet(settings.channels, settings.norm, settings.dropout)
+        else:
+            self.unet = UNet(
+                spatial_dims=2,
+                in_channels=1,
+                out_channels=1,
+                channels=settings.channels,
+                strides=settings.strides,
+                num_res_units=settings.num_res_units,
+                norm=_NORMS[settings.norm],
+                dropout=settings.dropout,
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.unet(x))
@@ -45,6 +104,11 @@ class LorisNetwork(nn.Module):
 def build_network(settings: LorisSettings) -> LorisNetwork:
     """A freshly initialized network for ``settings``."""
     return LorisNetwork(settings)
+
+
+def parameter_count(network: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in network.parameters() if p.requires_grad)
 
 
 class InferenceNetwork(nn.Module):

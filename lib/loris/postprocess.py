@@ -1,7 +1,8 @@
-"""From anomaly maps to decisions: the image score pooled in the box, and the segmentation mask.
+"""From anomaly maps to decisions: the image score, and the segmentation mask.
 
 - Score: ``mean`` (paper) or ``max`` (reference code) of the map over the box
-  pixels, batched on tensors.
+  pixels (LoRIS) or over the whole image (the reference code's MSGMSD score, and
+  how RIAD and plain autoencoders score), batched on tensors.
 - Segmentation: ``map >= pixel_threshold`` (inside the box when
   ``segment_in_box``), then morphological closing followed by opening with a
   3x3 square, the image taken as lying on an infinite background plane
@@ -16,13 +17,18 @@ import torch
 
 from lib.errors import DataError
 from lib.loris.masking import box_mask
-from lib.loris.settings import POOLINGS
+from lib.loris.settings import POOLINGS, SCORE_REGIONS
 
 
-def box_scores(maps: torch.Tensor, grid_boxes: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
-    """Image scores ``(B,)``: ``pooling`` of each map ``(B, 1, H, W)`` over its box ``(B, 4)`` (grid pixels)."""
+def image_scores(maps: torch.Tensor, grid_boxes: torch.Tensor, pooling: str = "mean", region: str = "box") -> torch.Tensor:
+    """Image scores ``(B,)``: ``pooling`` of each map ``(B, 1, H, W)`` over its box ``(B, 4)`` (grid pixels)
+    when ``region == "box"``, over the whole map when ``region == "image"``."""
     if pooling not in POOLINGS:
         raise DataError(f"unknown pooling {pooling!r}; valid poolings are {', '.join(POOLINGS)}")
+    if region not in SCORE_REGIONS:
+        raise DataError(f"unknown score region {region!r}; valid regions are {', '.join(SCORE_REGIONS)}")
+    if region == "image":
+        return maps.mean(dim=(1, 2, 3)) if pooling == "mean" else maps.amax(dim=(1, 2, 3))
     inside = box_mask(grid_boxes.to(maps.device), maps.shape[-2], maps.shape[-1])
     if pooling == "mean":
         return (maps * inside).sum(dim=(1, 2, 3)) / inside.sum(dim=(1, 2, 3)).clamp(min=1)

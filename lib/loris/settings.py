@@ -1,10 +1,12 @@
 """LoRIS settings: the one place where every default of the method lives.
 
-Defaults follow the paper (../shared/LORIS-NOTES.md): Adam, learning rate 1e-4,
-batch 4, up to 1000 epochs with early stopping patience 50 on the validation
-loss, 256 x 256 images in ``[-1, 1]``, MSGMSD map, mean pooling of the map in
-the box. Where the paper and the reference code disagree the choice is a
-setting (``pooling="max"`` is the reference code).
+Defaults follow the paper and its reference code (``docs/method.md``): the
+reference U-Net (a full-resolution stage and skips at every resolution,
+channels 64-128-256-512-512), Adam, learning rate 1e-4, batch 4, up to 1000
+epochs with early stopping patience 50 on the validation loss, no
+augmentation, 256 x 256 images in ``[-1, 1]``, MSGMSD map, mean pooling of the
+map in the box. Where the paper and the reference code disagree the choice is
+a setting (``pooling="max"``, ``score_region="image"`` is the reference code).
 
 Settings are parsed once into :class:`LorisSettings` (from CLI flags, a MONAI
 Label request or a model's ``model.json``); :meth:`LorisSettings.validate`
@@ -23,7 +25,15 @@ METRICS = ("msgmsd", "gmsd", "dd", "ssim", "l2")
 """Anomaly-map metrics (see :mod:`lib.loris.anomaly`)."""
 
 POOLINGS = ("mean", "max")
-"""Image score = pooling of the anomaly map inside the box: ``mean`` (paper) or ``max`` (reference code)."""
+"""Image score = pooling of the anomaly map: ``mean`` (paper) or ``max`` (reference code)."""
+
+SCORE_REGIONS = ("box", "image")
+"""Where the image score pools the map: inside the ``box`` (LoRIS's location prior) or over the whole ``image``
+(the reference code for MSGMSD, and how RIAD and plain autoencoders score)."""
+
+ARCHITECTURES = ("reference", "unet")
+"""``reference``: the reference code's U-Net (full-resolution stage and skip); ``unet``: MONAI's ``UNet``
+(first stage strided). See :mod:`lib.loris.network`."""
 
 MODES = ("loris", "autoencoder", "riad")
 """Network input: ``loris`` = the box filled with black (one mask, one pass); ``autoencoder`` = the
@@ -38,16 +48,24 @@ class LorisSettings:
 
     Attributes:
         image_size: side ``S`` of the square network grid; images are resized (not padded) to ``S x S``.
-        channels: UNet feature channels per level (MONAI ``UNet``); one more than ``strides``.
-        strides: UNet down-sampling strides; ``S`` must be divisible by their product.
-        num_res_units: residual units per UNet block (0 = plain Conv-Norm-Act blocks).
+        architecture: one of :data:`ARCHITECTURES`.
+        channels: feature channels per level, the first (full-resolution for ``reference``) first;
+            one more than ``strides``.
+        strides: down-sampling stride between levels (``reference``: all 2); ``S`` must be divisible
+            by their product.
+        num_res_units: residual units per block of the MONAI ``unet`` (0 = plain Conv-Norm-Act blocks;
+            must be 0 for ``reference``).
         norm: normalization layer in the UNet (``batch`` as in the reference code).
         dropout: UNet dropout probability.
         mode: network input, one of :data:`MODES`.
         riad_cell_sizes: RIAD grid cell sizes in pixels *at 256 px* (scaled with ``image_size``).
         riad_masks: number of disjoint RIAD masks per cell size.
-        metric: default anomaly-map metric, one of :data:`METRICS`.
-        pooling: image score pooling inside the box, one of :data:`POOLINGS`.
+        metric: the metric of the image score and decision, one of :data:`METRICS` (MSGMSD: the paper's
+            best image-level detection).
+        pixel_metric: the metric of the served anomaly map and segmentation (DD: the paper's best
+            segmentation); a request for one metric gets that metric's map and segmentation.
+        pooling: image score pooling, one of :data:`POOLINGS`.
+        score_region: where the score pools the map, one of :data:`SCORE_REGIONS`.
         segment_in_box: keep segmentation pixels inside the box only (the recess lives there;
             the paper does not say; set False to segment the whole image).
         max_epochs, patience: training length and early-stopping patience (epochs) on the validation loss.
@@ -55,8 +73,11 @@ class LorisSettings:
         valid_fraction: share of patients put in validation when no validation set is given.
         target_fpr: false-positive rate on normal validation images used by calibration when
             validation holds no distended image (image threshold) or no mask (pixel threshold).
+        normal_box_share: the pixel threshold's cap: at most this share of the box pixels of normal
+            validation images may reach it (so that a normal image's segmentation stays small, see
+            :mod:`lib.loris.calibration`).
         seed: seed of the split, the initialization, the shuffling and the augmentations.
-        augment: random box jitter and intensity gain during training.
+        augment: random box jitter and intensity gain during training (off, as in the paper).
         box_jitter: largest box shift/resize, as a fraction of the box side.
         gain: largest relative intensity gain change (``x * U(1-gain, 1+gain)`` in ``[0, 1]``).
         msgms_c: the GMS stability constant ``c``.
@@ -65,16 +86,19 @@ class LorisSettings:
     """
 
     image_size: int = 256
-    channels: tuple[int, ...] = (32, 64, 128, 256, 512)
+    architecture: str = "reference"
+    channels: tuple[int, ...] = (64, 128, 256, 512, 512)
     strides: tuple[int, ...] = (2, 2, 2, 2)
-    num_res_units: int = 1
+    num_res_units: int = 0
     norm: str = "batch"
     dropout: float = 0.0
     mode: str = "loris"
     riad_cell_sizes: tuple[int, ...] = (2, 4, 8, 16)
     riad_masks: int = 3
     metric: str = "msgmsd"
+    pixel_metric: str = "dd"
     pooling: str = "mean"
+    score_region: str = "box"
     segment_in_box: bool = True
     max_epochs: int = 1000
     patience: int = 50
@@ -82,8 +106,9 @@ class LorisSettings:
     learning_rate: float = 1e-4
     valid_fraction: float = 0.2
     target_fpr: float = 0.05
+    normal_box_share: float = 0.05
     seed: int = 0
-    augment: bool = True
+    augment: bool = False
     box_jitter: float = 0.05
     gain: float = 0.1
     msgms_c: float = 0.0026
@@ -105,6 +130,7 @@ class LorisSettings:
         """
         base = dict(
             image_size=128,
+            architecture="unet",
             channels=(16, 32, 64, 128, 128),
             strides=(2, 2, 2, 2),
             num_res_units=1,
@@ -128,7 +154,10 @@ class LorisSettings:
                 raise DataError(f"settings.{name}: must be an integer >= {minimum}, got {value!r}")
 
         choice("metric", self.metric, METRICS)
+        choice("pixel_metric", self.pixel_metric, METRICS)
         choice("pooling", self.pooling, POOLINGS)
+        choice("score_region", self.score_region, SCORE_REGIONS)
+        choice("architecture", self.architecture, ARCHITECTURES)
         choice("mode", self.mode, MODES)
         choice("norm", self.norm, NORMS)
         positive_int("image_size", self.image_size, 8)
@@ -148,6 +177,12 @@ class LorisSettings:
             )
         if any(c < 1 for c in self.channels) or any(s < 1 for s in self.strides):
             raise DataError(f"settings.channels/strides: must be positive, got {list(self.channels)}, {list(self.strides)}")
+        if self.architecture == "reference" and (any(s != 2 for s in self.strides) or self.num_res_units):
+            raise DataError(
+                f"settings.strides/num_res_units: the reference architecture halves the size at every level "
+                f"(strides all 2) and has no residual units, got strides={list(self.strides)} "
+                f"num_res_units={self.num_res_units}"
+            )
         factor = 1
         for s in self.strides:
             factor *= s
@@ -159,7 +194,8 @@ class LorisSettings:
             )
         if not self.riad_cell_sizes or any(c < 1 for c in self.riad_cell_sizes):
             raise DataError(f"settings.riad_cell_sizes: need positive sizes, got {list(self.riad_cell_sizes)}")
-        for name, lo, hi in (("dropout", 0.0, 1.0), ("valid_fraction", 0.0, 1.0), ("target_fpr", 0.0, 1.0)):
+        for name, lo, hi in (("dropout", 0.0, 1.0), ("valid_fraction", 0.0, 1.0), ("target_fpr", 0.0, 1.0),
+                             ("normal_box_share", 0.0, 1.0)):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value < hi:
                 raise DataError(f"settings.{name}: must be a number in [{lo}, {hi}), got {value!r}")

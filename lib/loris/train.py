@@ -8,8 +8,9 @@ and SSIM loss and this package's preprocessing, masking and MSGMS):
    the loss (train and validation); distended validation images are used for
    calibration only.
 2. Images are preprocessed once (:mod:`lib.loris.preprocess`) and kept in memory.
-   Each epoch: shuffled mini-batches, augmentation (box jitter, intensity gain),
-   masked input -> reconstruction -> ``L = MSGMS + SSIM + L2`` -> Adam.
+   Each epoch: shuffled mini-batches, augmentation only when asked (box jitter,
+   intensity gain; the paper has none), masked input -> reconstruction ->
+   ``L = MSGMS + SSIM + L2`` -> Adam.
 3. Validation loss each epoch (no augmentation); the best weights are kept;
    training stops after ``patience`` epochs without improvement, at
    ``max_epochs``, or when ``should_stop()`` returns True.
@@ -46,7 +47,7 @@ from lib.loris.network import build_network
 from lib.loris.reconstruction import reconstruct
 from lib.loris.settings import LorisSettings
 
-NETWORK_FIELDS = ("image_size", "channels", "strides", "num_res_units", "norm", "dropout", "mode")
+NETWORK_FIELDS = ("image_size", "architecture", "channels", "strides", "num_res_units", "norm", "dropout", "mode")
 """Settings that define the network's weights: a resumed run must keep them."""
 
 LOSS_TERMS = ("loss", "msgms", "ssim", "l2")
@@ -120,16 +121,15 @@ def calibrate(predictor: LorisPredictor, records: Sequence[Record], images: Sequ
     size = s.image_size
     scores = {m: [] for m in metrics}
     maps = {m: [] for m in metrics}
-    regions = []
+    boxes = []
     for i in range(0, len(records), batch_size):
         out = predictor.network_outputs(images[i:i + batch_size], [r.box for r in records[i:i + batch_size]], metrics)
         for m in metrics:
             scores[m].append(out.scores[m].float().cpu().numpy())
             maps[m].append(out.maps[m][:, 0].float().cpu().numpy())
-        if s.segment_in_box:
-            regions.append(box_mask(out.grid_boxes.cpu(), size, size)[:, 0].numpy())
-        else:
-            regions.append(np.ones((out.x.shape[0], size, size), dtype=bool))
+        boxes.append(box_mask(out.grid_boxes.cpu(), size, size)[:, 0].numpy())
+    boxes = np.concatenate(boxes)
+    regions = boxes if s.segment_in_box else np.ones_like(boxes)
     distended = np.array([r.label == "distended" for r in records])
     has_mask = np.array([r.label == "normal" or r.mask_path is not None for r in records])
     masks = np.zeros((len(records), size, size), dtype=bool)
@@ -139,7 +139,7 @@ def calibrate(predictor: LorisPredictor, records: Sequence[Record], images: Sequ
     return fit_calibration(
         {m: np.concatenate(v) for m, v in scores.items()},
         {m: np.concatenate(v) for m, v in maps.items()},
-        distended, masks, np.concatenate(regions), has_mask, s.target_fpr,
+        distended, masks, regions, boxes, has_mask, s.target_fpr, s.normal_box_share,
     )
 
 

@@ -214,7 +214,7 @@ def test_when_one_write_fails_no_file_of_the_run_appears_and_earlier_outputs_sta
 
 def test_predicting_without_the_reconstruction_changes_nothing_else(tmp_path):
     settings = LorisSettings(image_size=32, channels=(4, 8, 16), strides=(2, 2))
-    calibration = {"msgmsd": {"threshold": 0.05, "pixel_threshold": 0.05}}
+    calibration = {m: {"threshold": 0.05, "pixel_threshold": 0.05} for m in ("msgmsd", "dd")}
     predictor = LorisPredictor(_network_with_statistics(settings, seed=5), settings, calibration)
     image, box = make_image(np.random.default_rng(6), distended=True)[:2]
     full = predictor.predict(image, box)

@@ -25,7 +25,7 @@ def test_round_trip_gives_the_same_predictions(tmp_path):
     save_model(tmp_path / "m", s, net.state_dict(), CAL, {"epochs_run": 1})
     bundle = load_model(tmp_path / "m")
     assert bundle.settings == s and bundle.calibration == CAL and bundle.training["epochs_run"] == 1
-    assert read_info(tmp_path / "m")["format_version"] == 1
+    assert read_info(tmp_path / "m")["format_version"] == 2
     image = np.random.default_rng(0).random((40, 50)).astype(np.float32)
     a = LorisPredictor(net, s, CAL).predict(image, (5, 5, 30, 20))
     b = LorisPredictor.load(tmp_path / "m").predict(image, (5, 5, 30, 20))
@@ -41,8 +41,18 @@ def test_incompatible_version_is_an_error_listing_the_problems(tmp_path):
     data["format_version"] = 99
     data["settings"]["metric"] = "psnr"
     torch.save(data, tmp_path / "m" / MODEL_FILE)
-    with pytest.raises(ModelError, match="format_version is 99, this code reads version 1"):
+    with pytest.raises(ModelError, match="format_version is 99, this code reads version 2"):
         LorisPredictor.load(tmp_path / "m")
+
+
+def test_a_version_1_model_is_refused_with_the_command_that_retrains_it(tmp_path):
+    s = _settings()
+    save_model(tmp_path / "m", s, build_network(s).state_dict(), CAL)
+    data = torch.load(tmp_path / "m" / MODEL_FILE, weights_only=True)
+    data["format_version"] = 1
+    torch.save(data, tmp_path / "m" / MODEL_FILE)
+    with pytest.raises(ModelError, match=r"segmented the whole box.*python -m lib train .*POST /train/loris"):
+        load_model(tmp_path / "m")
 
 
 def test_weights_that_do_not_fit_the_settings_are_an_error(tmp_path):

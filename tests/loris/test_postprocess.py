@@ -6,7 +6,7 @@ import torch
 from scipy import ndimage
 
 from lib.errors import DataError
-from lib.loris.postprocess import box_region, box_scores, clean_mask, segment
+from lib.loris.postprocess import box_region, image_scores, clean_mask, segment
 
 
 def test_segmentation_removes_an_isolated_pixel_and_fills_a_one_pixel_hole():
@@ -42,10 +42,21 @@ def test_scores_pool_the_map_inside_the_box():
     maps[0, 0, 5, 5] = 100.0  # outside the box
     maps[1, 0] = 2.0
     boxes = torch.tensor([[0, 0, 2, 2], [1, 1, 3, 2]])
-    np.testing.assert_allclose(box_scores(maps, boxes, "mean").numpy(), [1.0, 2.0])
-    np.testing.assert_allclose(box_scores(maps, boxes, "max").numpy(), [4.0, 2.0])
+    np.testing.assert_allclose(image_scores(maps, boxes, "mean").numpy(), [1.0, 2.0])
+    np.testing.assert_allclose(image_scores(maps, boxes, "max").numpy(), [4.0, 2.0])
     with pytest.raises(DataError, match="mean, max"):
-        box_scores(maps, boxes, "median")
+        image_scores(maps, boxes, "median")
+
+
+def test_scores_over_the_whole_image_ignore_the_box():
+    maps = torch.zeros(2, 1, 4, 4)
+    maps[0, 0, 3, 3] = 8.0  # outside the box
+    maps[1, 0] = 1.0
+    boxes = torch.tensor([[0, 0, 2, 2], [0, 0, 1, 1]])
+    np.testing.assert_allclose(image_scores(maps, boxes, "mean", "image").numpy(), [0.5, 1.0])
+    np.testing.assert_allclose(image_scores(maps, boxes, "max", "image").numpy(), [8.0, 1.0])
+    with pytest.raises(DataError, match="box, image"):
+        image_scores(maps, boxes, "mean", "frame")
 
 
 def _scipy_clean_mask(mask: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""On `python -m lib sample-data` output, quick-preset LoRIS separates the classes and segments the fluid.
+"""On `python -m lib sample-data` output, quick-preset LoRIS separates the classes and segments the fluid, not the box.
 
 A quality floor, not a benchmark: fixed seeds, held-out patients, loose bounds (the numbers of a
 stated run live in the README). 16 patients of 320 x 240 frames, LoRIS at 64 px for 20 epochs.
@@ -27,8 +27,7 @@ def held_out_predictions(tmp_path_factory):
     settings = LorisSettings.quick(image_size=64, max_epochs=20, patience=20, seed=0)
     train(train_records, root / "model", settings, valid_records=valid_records, progress=False)
     predictor = LorisPredictor.load(root / "model")
-    predictions = predictor.predict_batch([read_image(r.image_path) for r in test], [r.box for r in test], ("msgmsd",))
-    return test, [p["msgmsd"] for p in predictions]
+    return test, [predictor.predict(read_image(r.image_path), r.box) for r in test]  # what the server answers
 
 
 def test_held_out_distended_images_score_higher_than_normal_ones(held_out_predictions):
@@ -38,12 +37,16 @@ def test_held_out_distended_images_score_higher_than_normal_ones(held_out_predic
     assert roc_auc_score(labels, [p.score for p in predictions]) > 0.7  # 1.0 seen with these seeds
 
 
-def test_segmentation_overlaps_the_distended_region(held_out_predictions):
+def test_segmentation_overlaps_the_distended_region_and_not_the_normal_box(held_out_predictions):
     test, predictions = held_out_predictions
-    dice = []
+    dice, share = [], {"normal": [], "distended": []}
     for record, prediction in zip(test, predictions):
+        x0, y0, x1, y1 = record.box
+        share[record.label].append(prediction.mask[y0:y1, x0:x1].mean())
         if record.label == "distended":
             truth = read_mask(record.mask_path)
             assert prediction.mask.shape == truth.shape  # in the original geometry
             dice.append(2 * (truth & prediction.mask).sum() / (truth.sum() + prediction.mask.sum()))
-    assert np.mean(dice) > 0.3  # 0.68 seen with these seeds
+    assert np.mean(dice) > 0.3  # 0.81 seen with these seeds
+    # a segmentation that is the box covers all of it on both classes; this one marks little of a normal box
+    assert np.median(share["normal"]) <= 0.1 < np.median(share["distended"])  # 0.04 and 0.24 seen

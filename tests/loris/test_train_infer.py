@@ -67,7 +67,8 @@ def test_training_uses_normal_images_only_and_saves_a_calibrated_model(data, tra
     assert sorted(bundle.training["train_images"]) == [f"tr{i:03d}" for i in range(20)]
     assert set(bundle.calibration) == set(METRICS)
     for entry in bundle.calibration.values():
-        assert (entry["image_rule"], entry["pixel_rule"]) == ("youden", "dice")
+        assert entry["image_rule"] == "youden" and entry["pixel_rule"] in ("dice", "dice_capped")
+        assert entry["valid_normal_box_share"] <= 0.05 and entry["display_range"][1] > entry["pixel_threshold"]
     assert (data["root"] / "model" / CHECKPOINT_FILE).is_file()
 
 
