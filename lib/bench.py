@@ -21,6 +21,10 @@ What is measured (times in milliseconds; p50/p95 over repeated requests):
   (convolutions; elementwise ops are not counted). ``unet_gflops_plain`` is the
   plain ``build_network`` module in eval mode, for comparison.
 - ``forward_ms``: the network forward alone at batch 1 (masked input on the grid).
+- ``presets``: the two presets' networks side by side, each as the predictor serves it, at batch 1:
+  ``paper`` (the reference U-Net with its full-resolution stage, 256 px) and ``quick`` (the CPU preset's
+  MONAI UNet, 128 px); ``--quick`` runs both at its small size. Parameters, GFLOP per image and the
+  forward's p50/p95/min (interleaved, :func:`measure_presets`).
 - ``pipeline_ms``: one image end to end in-process, through
   :func:`lib.loris.infer.run_inference` with a loaded predictor (read PNG,
   resize, mask, reconstruct, anomaly map, score, segmentation, write
@@ -251,6 +255,31 @@ def _onnxruntime(served, x, path: Path, threads: int):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda t: torch.from_numpy(session.run(None, {"x": t.cpu().numpy()})[0])
+
+
+def measure_presets(plan: Plan, device) -> dict:
+    """The ``paper`` and ``quick`` presets' networks, served form, batch 1, interleaved (see the module docstring)."""
+    import torch
+
+    from lib.loris.network import InferenceNetwork, build_network, parameter_count
+    from lib.loris.settings import LorisSettings
+
+    gen = torch.Generator().manual_seed(0)
+    tasks, out = {}, {}
+    for name, settings in (("paper", LorisSettings()), ("quick", LorisSettings.quick())):
+        size = plan.image_size if plan.quick else settings.image_size
+        torch.manual_seed(0)
+        plain = build_network(settings).to(device).eval()
+        served = InferenceNetwork(plain)
+        x = (torch.rand(1, 1, size, size, generator=gen) * 2 - 1).to(device)
+        out[name] = {"architecture": settings.architecture, "channels": list(settings.channels), "image_size": size,
+                     "parameters": parameter_count(plain), "gflop_per_image": count_flops(plain, x) / 1e9}
+        tasks[name] = lambda served=served, x=x: served(x)
+    with torch.inference_mode():
+        ms = interleaved(tasks, plan.unet_repeats, warmup=1, device=device)
+    for name in out:
+        out[name]["forward_ms"] = percentiles(ms[name])
+    return {"presets": out}
 
 
 def measure_backends(served, size: int, plan: Plan, device, work: Path) -> dict:
@@ -622,8 +651,8 @@ def run(plan: Plan, device: str, work: Path, threads: int | None = None, log=pri
                  "machine": machine_info(dev), "note": WEIGHTS_NOTE}
     settings = LorisSettings(image_size=plan.image_size, max_epochs=plan.train_epochs,
                              patience=plan.train_epochs + 1, seed=0)
-    res["settings"] = {k: settings.to_dict()[k] for k in ("image_size", "channels", "strides", "num_res_units",
-                                                           "norm", "metric", "batch_size")}
+    res["settings"] = {k: settings.to_dict()[k] for k in ("image_size", "architecture", "channels", "strides",
+                                                           "num_res_units", "norm", "metric", "batch_size")}
     res["frame_size"] = list(plan.frame_size)
 
     stage("data", "data: synthetic frames and a datastore ...")
@@ -640,6 +669,9 @@ def run(plan: Plan, device: str, work: Path, threads: int | None = None, log=pri
     plain = build_network(predictor.settings).to(dev).eval()
     plain.load_state_dict(load_model(model_dir).state_dict)
     res.update(measure_limit(plain, predictor.network, plan.image_size, plan, dev))
+
+    stage("presets", "the paper and quick presets' networks, forward at batch 1 ...")
+    res.update(measure_presets(plan, dev))
 
     stage("backends", "the served forward in TorchScript and ONNX Runtime ...")
     res.update(measure_backends(predictor.network, plan.image_size, plan, dev, work))
@@ -703,6 +735,10 @@ def format_table(res: dict) -> str:
                      f" ({res['unet_ratio_plain'][b]:.0%})"))
     rows += [
         ("unet GFLOP per image", f"{res['unet_flops_per_image'] / 1e9:.2f}", f"{res['settings']['image_size']} px"),
+        *[(f"preset {name}: forward p50", f"{p['forward_ms']['p50']:.1f}",
+           f"ms at batch 1, {p['architecture']} {p['channels']} at {p['image_size']} px, "
+           f"{p['parameters'] / 1e6:.1f} M parameters, {p['gflop_per_image']:.1f} GFLOP")
+          for name, p in res["presets"].items()],
         *_backend_rows(res["backends"]),
         ("forward_ms p50 / p95", f"{res['forward_ms']['p50']:.1f} / {res['forward_ms']['p95']:.1f}",
          f"batch 1; min {res['forward_ms']['min']:.1f}"),

@@ -25,7 +25,7 @@ TOP_KEYS = {
     "pipeline_steps_ms", "pipeline_without_writes_ms", "pipeline_without_writes_to_forward_ratio",
     "pipeline_steps_alone_ms", "pipeline_steps_alone_to_forward_ratio",
     "rest_ms", "rest_overhead_ratio", "rest_overhead_ratio_min", "pipeline_to_forward_ratio_min", "server_peak_rss_mb", "server_rss_idle_mb",
-    "backends", "scoring_images_per_s", "train_images_per_s", "bare_train_images_per_s", "train_ratio_to_bare",
+    "presets", "backends", "scoring_images_per_s", "train_images_per_s", "bare_train_images_per_s", "train_ratio_to_bare",
     "targets", "stage_seconds", "seconds",
 }
 
@@ -49,6 +49,10 @@ def test_quick_bench_writes_every_measurement_as_json(tmp_path):
     assert set(res["unet_gflops"]) == set(res["unet_ratio"]) == {"1", "16"}
     for key in ("forward_ms", "pipeline_ms", "rest_ms"):
         assert set(res[key]) == {"p50", "p95", "min", "n"} and 0 < res[key]["min"] <= res[key]["p50"] <= res[key]["p95"]
+    assert set(res["presets"]) == {"paper", "quick"}
+    assert res["presets"]["paper"]["architecture"] == "reference" and res["presets"]["paper"]["parameters"] > 20e6
+    for preset in res["presets"].values():
+        assert preset["image_size"] == 32 and 0 < preset["forward_ms"]["min"] <= preset["forward_ms"]["p50"]
     assert list(res["backends"]) == ["eager", "torchscript", "onnxruntime"]
     for name, entry in res["backends"].items():  # ONNX Runtime is optional: then it says why it is missing
         assert set(entry) == {"forward_ms", "to_eager", "max_abs_diff"} or (name == "onnxruntime" and entry["unavailable"])
@@ -85,6 +89,8 @@ def test_table_reports_unmet_targets():
         "matmul_gflops": 10.0, "matmul_gflops_best": 11.0, "matmul_n": 64,
         "unet_gflops": {"1": 1.0, "16": 2.0}, "unet_gflops_plain": {"1": 1.0, "16": 2.0},
         "unet_ratio": {"1": 0.1, "16": 0.2}, "unet_ratio_plain": {"1": 0.1, "16": 0.2}, "unet_flops_per_image": 1e9,
+        "presets": {"paper": {"architecture": "reference", "channels": [64], "image_size": 32, "parameters": 2.9e7,
+                              "gflop_per_image": 1.7, "forward_ms": {"p50": 30.0, "p95": 31.0, "min": 29.0}}},
         "backends": {"eager": {"forward_ms": {"1": 10.0, "16": 100.0}, "to_eager": {"1": 1.0, "16": 1.0}, "max_abs_diff": 0.0},
                      "onnxruntime": {"unavailable": "not installed"}},
         "forward_ms": {"p50": 10.0, "p95": 12.0, "min": 9.0}, "pipeline_ms": {"p50": 20.0, "p95": 22.0, "min": 18.0},

@@ -48,6 +48,30 @@ def test_evaluate_writes_metrics_and_report_for_annotated_and_uniform_boxes(tiny
                  "panels/loris_msgmsd_uniform.png", "panels/box-intensity.png", "folds/fold_0.json", "folds/fold_1.json"):
         assert (out / name).stat().st_size > 0, name
 
+    # the corrected metrics: whole-image Dice beside the in-box one, box shares, the scoring ablation
+    for key in ("loris+msgmsd", "loris+dd", "riad+msgmsd", "riad+dd@uniform"):
+        entry = results["methods"][key]
+        assert entry["dice"]["mean"] is not None and entry["dice_in_box"]["mean"] is not None, key
+        for share in ("normal_box_share", "distended_box_share"):
+            assert 0.0 <= entry[share]["mean"] <= 1.0, (key, share)
+        assert set(results["scoring"][key]) == {"mean/box", "max/box", "mean/image", "max/image"}, key
+    loris, riad = results["methods"]["loris+msgmsd"], results["methods"]["riad+msgmsd"]
+    assert (loris["pooling"], loris["score_region"], loris["dice_calibrated_region"]) == ("mean", "box", "box")
+    assert (riad["pooling"], riad["score_region"], riad["dice_calibrated_region"]) == ("max", "image", "image")
+    assert "Scoring ablation" in report and "Dice in box" in report
+
+    # every test image of a fold, with its label, boxes and scores, and the model folders used
+    fold = json.loads((out / "folds" / "fold_0.json").read_text())
+    assert sorted(i["image"] for i in fold["images"]) == sorted(fold["test_images"])
+    image = fold["images"][0]
+    assert image["label"] in ("normal", "distended") and image["patient_id"]
+    assert image["boxes"]["gt"]["source"] == "annotated" and len(image["boxes"]["uniform"]["box"]) == 4
+    assert set(image["scores"]) == set(fold["methods"])
+    assert image["scores"]["loris+dd"] == fold["methods"]["loris+dd"]["scores"][
+        fold["methods"]["loris+dd"]["images"].index(image["image"])]
+    assert {"loris@gt", "loris@uniform", "riad@gt"} <= set(fold["models"])
+    assert (tmp_path / "eval" / "models" / "fold_0" / "loris_gt" / "model.pt").is_file()
+
     # --resume: both folds are finished, nothing is trained again and the numbers stay the same
     before = {p: p.stat().st_mtime_ns for p in (out / "models").rglob("model.pt")}
     assert _evaluate(tiny_data, out, "--box", "gt", "uniform", *methods, "--resume") == 0
@@ -78,6 +102,10 @@ def test_detected_boxes_come_from_a_detector_per_fold(tiny_data, tmp_path):
         assert len(results["detector"][name]["folds"]) == 2
     assert len(results["detector"]["missed"]) == 2
     assert (out / "models" / "fold_1" / "detector").is_dir()
+    fold = json.loads((out / "folds" / "fold_1.json").read_text())
+    assert fold["models"]["detector"].endswith("detector")
+    detected = [i["boxes"]["detected"] for i in fold["images"]]
+    assert all(d["source"] == "detector" and len(d["box"]) == 4 and "confidence" in d for d in detected)
     assert "Table 2" in (out / "report.md").read_text()
 
 
