@@ -90,6 +90,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "patience 50)")
     parser.add_argument("--architecture", choices=ARCHITECTURES,
                         help="network of every network method (default: the preset's; reference = the paper's)")
+    parser.add_argument("--channels", type=int, nargs="+", metavar="C",
+                        help="network channels per level, the first level first (default: the preset's)")
     parser.add_argument("--augment", action="store_true",
                         help="train with box jitter and intensity gain (off by default, as in the paper)")
     parser.add_argument("--pooling", choices=POOLINGS, help="LoRIS's headline score pooling (default mean, the paper)")
@@ -125,7 +127,8 @@ def main(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, folds=args.folds, methods=tuple(args.methods), metrics=tuple(args.metrics),
         boxes=tuple(args.boxes), epochs=args.epochs, patience=args.patience, image_size=args.image_size,
         seed=args.seed, quick=args.quick, augment=args.augment, pooling=args.pooling,
-        score_region=args.score_region, architecture=args.architecture, detector_epochs=args.detector_epochs,
+        score_region=args.score_region, architecture=args.architecture,
+        channels=tuple(args.channels) if args.channels else None, detector_epochs=args.detector_epochs,
         detector_image_size=args.detector_image_size,
         uniform_percentile=args.uniform_percentile, resume=args.resume, device=args.device,
         progress=not args.no_progress, command=command_line(),

@@ -120,6 +120,7 @@ class EvaluationConfig:
         augment: train the network methods with box jitter and intensity gain (the paper has none).
         pooling, score_region: LoRIS's headline score (None = the settings' default, the paper's mean in the box).
         architecture: the network of every network method (None = the preset's).
+        channels: its channels per level (None = the preset's, or the other preset's with ``architecture``).
         detector_epochs: detector training length (None = ``epochs``, or the detector's default).
         detector_image_size: the detector's input side (None = the detector preset's own, independent
             of ``image_size``: the box is found on its grid and mapped back to the image's pixels).
@@ -146,6 +147,7 @@ class EvaluationConfig:
     pooling: str | None = None
     score_region: str | None = None
     architecture: str | None = None
+    channels: tuple[int, ...] | None = None
     detector_epochs: int | None = None
     detector_image_size: int | None = None
     uniform_percentile: float = 90.0
@@ -190,6 +192,8 @@ class EvaluationConfig:
             other = LorisSettings() if self.architecture == "reference" else LorisSettings.quick()
             base = base.replace(architecture=other.architecture, channels=other.channels, strides=other.strides,
                                 num_res_units=other.num_res_units)
+        if self.channels is not None:
+            base = base.replace(channels=tuple(self.channels), strides=(2,) * (len(self.channels) - 1))
         metric = self.metrics[0] if self.metrics else base.metric
         scoring = ({"pooling": self.pooling, "score_region": self.score_region} if mode == "loris" else
                    {"pooling": "max", "score_region": "image", "segment_in_box": False})
@@ -213,7 +217,7 @@ class EvaluationConfig:
             "metrics": list(self.metrics), "boxes": list(self.boxes), "epochs": self.epochs,
             "patience": self.patience, "image_size": self.image_size, "seed": self.seed, "quick": self.quick,
             "augment": self.augment, "pooling": self.pooling, "score_region": self.score_region,
-            "architecture": self.architecture,
+            "architecture": self.architecture, "channels": None if self.channels is None else list(self.channels),
             "detector_epochs": self.detector_epochs, "detector_image_size": self.detector_image_size,
             "uniform_percentile": self.uniform_percentile,
             "device": self.device, "command": self.command,

@@ -42,6 +42,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", choices=METRICS, help="default anomaly-map metric of the model (default msgmsd)")
     parser.add_argument("--architecture", choices=ARCHITECTURES,
                         help="network: reference (the paper's U-Net, default) or unet (MONAI UNet; quick)")
+    parser.add_argument("--channels", type=int, nargs="+", metavar="C",
+                        help="network channels per level, the first level first (default: the preset's)")
     parser.add_argument("--pooling", choices=POOLINGS, help="image score pooling (default mean, paper)")
     parser.add_argument("--score-region", choices=SCORE_REGIONS,
                         help="where the score pools the map: box (default) or the whole image")
@@ -57,12 +59,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _architecture(args: argparse.Namespace) -> dict:
-    """The network fields ``--architecture`` implies when it differs from the preset's (the other preset's net)."""
-    if args.architecture is None:
-        return {}
-    other = LorisSettings() if args.architecture == "reference" else LorisSettings.quick()
-    return {"architecture": args.architecture, "channels": other.channels, "strides": other.strides,
-            "num_res_units": other.num_res_units}
+    """The network fields of ``--architecture`` (the other preset's network when it is not the preset's own)
+    and ``--channels`` (strides of 2 between its levels)."""
+    out = {}
+    if args.architecture is not None:
+        other = LorisSettings() if args.architecture == "reference" else LorisSettings.quick()
+        out.update(architecture=args.architecture, channels=other.channels, strides=other.strides,
+                   num_res_units=other.num_res_units)
+    if args.channels:
+        out.update(channels=tuple(args.channels), strides=(2,) * (len(args.channels) - 1))
+    return out
 
 
 def settings_from_args(args: argparse.Namespace) -> LorisSettings:
