@@ -26,7 +26,7 @@ What is measured (times in milliseconds; p50/p95 over repeated requests):
   MONAI UNet, 128 px); ``--quick`` runs both at its small size. Parameters, GFLOP per image and the
   forward's p50/p95/min (interleaved, :func:`measure_presets`).
 - ``pipeline_ms``: one image end to end in-process, through
-  :func:`lib.loris.infer.run_inference` with a loaded predictor (read PNG,
+  :func:`lib.pipeline.run_inference` with a loaded pipeline (read PNG,
   resize, mask, reconstruct, anomaly map, score, segmentation, write
   ``reconstruction.png``, ``anomaly_map.nrrd``, ``mask.png``, ``result.json``
   into a new folder each time, as one ``infer --out`` per image does: on ext4,
@@ -35,7 +35,7 @@ What is measured (times in milliseconds; p50/p95 over repeated requests):
   and ``pipeline_to_forward_ratio`` = ``pipeline_ms.p50 / forward_ms.p50`` (``_min``: the same of
   the fastest runs, the least disturbed by other processes on a shared machine).
   ``pipeline_steps_ms``: its ``read`` (image file), ``predict`` (network and maps) and ``write``
-  (output files) steps, each as :func:`~lib.loris.infer.run_inference` times them;
+  (output files) steps, each as :func:`~lib.pipeline.run_inference` times them;
   ``pipeline_without_writes_ms``: read + predict of each run, and
   ``pipeline_without_writes_to_forward_ratio`` its p50 over ``forward_ms.p50`` (how much of the
   pipeline's cost is the files, which depend on the disk more than on the code).
@@ -395,25 +395,27 @@ def _forward_task(predictor, image, box):
 def measure_steps_alone(predictor, model_dir: Path, files: list, out_root: Path, repeats: int, device: str) -> dict:
     """The pipeline's steps, each timed alone: ``repeats`` back-to-back calls of one step, then the next step.
 
-    The steps are the functions :func:`lib.loris.infer.run_inference` calls, on the first frame of ``files``:
-    ``read`` (:func:`~lib.data.imageio.read_image`), ``predict`` (:meth:`LorisPredictor.predict`, the forward
-    included) and ``write`` (:func:`~lib.loris.infer.write_outputs`, a new folder each time), and the
+    The steps are the functions :func:`lib.pipeline.run_inference` calls, on the first frame of ``files``:
+    ``read`` (:func:`~lib.data.imageio.read_image`), ``predict`` (:meth:`lib.pipeline.Pipeline.run_one`, the
+    forward included) and ``write`` (:func:`~lib.loris.infer.write_outputs`, a new folder each time), and the
     ``forward`` alone. Each runs warm and undisturbed by the others, so ``read + predict + write`` over
     ``forward`` (``pipeline_steps_alone_to_forward_ratio``) is the pipeline ratio this code would reach if
     no step slowed down for running right after another one: what the work itself costs, against what
     running it cold costs in ``pipeline_ms``.
     """
     from lib.data.imageio import read_image
-    from lib.loris.infer import source_fields, write_outputs
+    from lib.loris.infer import write_outputs
+    from lib.pipeline import Pipeline, model_context
 
     path, box = files[0]
     image = read_image(path)
-    prediction = predictor.predict(image, box)
-    extra = source_fields(predictor, model_dir, path, (image.shape[1], image.shape[0]))
+    pipeline = Pipeline(predictor)
+    result = pipeline.run_one(image, box)
+    extra = {**result.to_json(), "image": str(path), **model_context(model_dir)}
     runs = itertools.count()
     steps = {"forward": _forward_task(predictor, image, box), "read": lambda: read_image(path),
-             "predict": lambda: predictor.predict(image, box),
-             "write": lambda: write_outputs(prediction, out_root / f"alone{next(runs)}", extra)}
+             "predict": lambda: pipeline.run_one(image, box),
+             "write": lambda: write_outputs(result.prediction, out_root / f"alone{next(runs)}", extra)}
     out = {}
     for name, fn in steps.items():
         out[name] = percentiles(interleaved({name: fn}, repeats, device=device)[name])
@@ -432,8 +434,9 @@ def measure_latency(predictor, model_dir: Path, files: list, out_root: Path, ser
     import requests
 
     from lib.data.imageio import read_image
-    from lib.loris.infer import run_inference
+    from lib.pipeline import Pipeline, model_context, run_inference
 
+    pipe = Pipeline(predictor)
     forward = _forward_task(predictor, read_image(files[0][0]), files[0][1])
     session = requests.Session()
     count = {"pipeline": 0, "rest": 0}
@@ -443,7 +446,8 @@ def measure_latency(predictor, model_dir: Path, files: list, out_root: Path, ser
         i = count["pipeline"] = count["pipeline"] + 1
         path, box = files[i % len(files)]
         timings: dict = {}
-        run_inference(model_dir, path, box, out_root / f"run{i}", predictor=predictor, timings=timings)  # a new folder
+        run_inference(pipe, path, out_root / f"run{i}", box, context=model_context(model_dir),
+                      timings=timings)  # a new folder
         for key, values in steps.items():
             values.append(timings[key])
 

@@ -19,3 +19,7 @@ class ModelError(LorisError):
 
 class NotTrainedError(ModelError):
     """The model has no checkpoint yet."""
+
+
+class NoBoxError(DataError):
+    """No recess box: none was given, and the detector is missing or found none (see :mod:`lib.pipeline`)."""

@@ -4,9 +4,9 @@ MONAI Label runs scoring methods in a background process (at start, after a
 training and after each active-learning request, unless
 ``MONAI_LABEL_AUTO_UPDATE_SCORING=false``; ``POST /scoring/loris_scoring`` runs it
 on demand). For each unlabelled image whose stored score is not from the current
-model, the box is the one stored in the image info (an imported box), else the
-recess detector's; images get scored ``batch_size`` at a time with one forward
-pass per batch (:meth:`LorisPredictor.score_batch`), and each batch is written
+model, the pipeline (:mod:`lib.pipeline`, box policy ``skip``) takes the box stored
+in the image info (an imported box), else the recess detector's; images get scored
+``batch_size`` at a time with one forward pass per batch, and each batch is written
 to the datastore in one locked update.
 
 Stored in the image info under ``"loris"``::
@@ -29,10 +29,10 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.utils.others.generic import name_to_device
 
 from lib.data.imageio import read_image
-from lib.data.records import validate_box
 from lib.errors import LorisError, ModelError
 from lib.infers.loris import predictor_cache
 from lib.infers.recess_detection import detector_cache
+from lib.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -72,50 +72,44 @@ class LorisScoring(ScoringMethod):
         except ModelError as exc:  # not trained or not calibrated yet
             logger.warning(f"loris_scoring: {exc}")
             return {"scored": 0, "skipped": len(todo), "reason": str(exc)}
-        try:
-            detector = detector_cache(self.detector_dir).get(device)
-        except ModelError:
-            detector = None
-
+        detectors = detector_cache(self.detector_dir)
+        pipeline = Pipeline(predictor, lambda: detectors.get(device))
         batch_size = max(1, int(request.get("batch_size", self.batch_size)))
         scored = skipped = 0
         for start in range(0, len(todo), batch_size):
-            ids, images, boxes, sources = [], [], [], []
+            ids, images, boxes = [], [], []
             for image_id in todo[start:start + batch_size]:
                 try:
-                    image = read_image(datastore.get_image_uri(image_id))
-                    box = datastore.get_image_info(image_id).get("box")
-                    if box is not None:
-                        box = validate_box(box, image.shape[1], image.shape[0], f"image {image_id!r} info box")
+                    images.append(read_image(datastore.get_image_uri(image_id)))
                 except LorisError as exc:
                     logger.warning(f"loris_scoring: skipping {image_id}: {exc}")
                     skipped += 1
                     continue
                 ids.append(image_id)
-                images.append(image)
-                boxes.append(box)
-                sources.append("image_info" if box is not None else None)
-            need = [i for i, box in enumerate(boxes) if box is None]
-            if need and detector is not None:
-                for i, found in zip(need, detector.detect_batch([images[i] for i in need], batch_size=batch_size)):
-                    if found is not None:
-                        boxes[i], sources[i] = found.box, "detector"
-            keep = [i for i, box in enumerate(boxes) if box is not None]
-            skipped += len(ids) - len(keep)
-            ids, images, boxes, sources = ([seq[i] for i in keep] for seq in (ids, images, boxes, sources))
-            if not ids:
-                continue
-            scores = predictor.score_batch(images, [tuple(b) for b in boxes], (metric,), batch_size=batch_size)[metric]
+                boxes.append(datastore.get_image_info(image_id).get("box"))
+            try:
+                results = pipeline.scores(images, boxes, policy="skip", names=[f"image {i!r} info" for i in ids],
+                                          given_source="image_info", batch_size=batch_size)
+            except LorisError as exc:  # a stored box that does not fit its image: score the images one by one
+                results = []
+                for image_id, image, box in zip(ids, images, boxes):
+                    try:
+                        results += pipeline.scores([image], [box], "skip", [f"image {image_id!r} info"], "image_info")
+                    except LorisError as one:
+                        logger.warning(f"loris_scoring: skipping {image_id}: {one}")
+                        results.append((None, None))
             now = int(time.time())
             infos = {
                 image_id: {INFO_KEY: {
-                    "score": float(score), "threshold": threshold, "distended": bool(score >= threshold),
-                    "metric": metric, "box": [int(v) for v in box], "box_source": source,
+                    "score": score, "threshold": threshold, "distended": bool(score >= threshold),
+                    "metric": metric, "box": [int(v) for v in choice.box], "box_source": choice.source,
                     "model_version": version, "ts": now,
                 }}
-                for image_id, score, box, source in zip(ids, scores, boxes, sources)
+                for image_id, (choice, score) in zip(ids, results) if score is not None
             }
-            scored += datastore.update_image_infos(infos)
+            skipped += len(ids) - len(infos)
+            if infos:
+                scored += datastore.update_image_infos(infos)
         summary = {"scored": scored, "skipped": skipped, "model_version": version,
                    "seconds": round(time.time() - started, 2)}
         logger.info(f"loris_scoring: {summary}")

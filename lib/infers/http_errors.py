@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from fastapi import HTTPException
 
-from lib.errors import DataError, ModelError, NotTrainedError
+from lib.errors import DataError, ModelError, NoBoxError, NotTrainedError
 
 BAD_REQUEST = 400
 FORBIDDEN = 403  # a read-only datastore
@@ -29,7 +29,8 @@ def client_error(status: int, message: str) -> HTTPException:
 
 @contextmanager
 def user_errors(what: str):
-    """Map :class:`DataError` to 400, :class:`NotTrainedError` to 409, other :class:`ModelError` to 409.
+    """Map :class:`DataError` to 400; :class:`NotTrainedError`, other :class:`ModelError` and :class:`NoBoxError`
+    (no box given, and no detector box) to 409.
 
     Args:
         what: prefix of the message, e.g. ``"loris"`` (the model) or ``"datastore"``.
@@ -41,6 +42,8 @@ def user_errors(what: str):
     except NotTrainedError as exc:
         raise client_error(CONFLICT, f"{what}: not trained yet: {exc}") from None
     except ModelError as exc:
+        raise client_error(CONFLICT, f"{what}: {exc}") from None
+    except NoBoxError as exc:
         raise client_error(CONFLICT, f"{what}: {exc}") from None
     except DataError as exc:
         raise client_error(BAD_REQUEST, f"{what}: {exc}") from None

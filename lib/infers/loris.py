@@ -4,8 +4,9 @@
 
 * ``box`` ``[x_min, y_min, x_max, y_max]`` (pixels, max exclusive) or its synonym
   ``roi`` (see :mod:`lib.infers.params`); without either, ``recess_detection``
-  proposes the box (the fully automatic pipeline). No box and no trained
-  detector: HTTP 409 with a message.
+  proposes the box (the fully automatic pipeline, :mod:`lib.pipeline`, box policy
+  ``fail``). No box and no trained detector, or no recess found: HTTP 409 with a
+  message.
 * ``metric`` (optional): one of the calibrated anomaly-map metrics; empty = the model's.
 
 Answer (multipart: ``params`` JSON + the label file):
@@ -47,13 +48,14 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.utils.others.generic import name_to_device
 
 from lib.data.imageio import encode_png_unfiltered, write_png
-from lib.errors import DataError, ModelError
+from lib.errors import DataError
 from lib.infers.base import DatastoreImageInfer
-from lib.infers.http_errors import CONFLICT, client_error, user_errors
+from lib.infers.http_errors import user_errors
 from lib.infers.model_cache import ModelCache
 from lib.infers.params import request_box
 from lib.infers.recess_detection import detector_cache
 from lib.loris.infer import LorisPredictor, write_nrrd
+from lib.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -104,35 +106,12 @@ class LorisInfer(DatastoreImageInfer):
 
     def run_inferer(self, data: Dict[str, Any], convert_to_batch=True, device="cuda"):
         device = name_to_device(device)
-        image = data["image"]
         with user_errors("loris"):
-            predictor = self._predictor.get(device)
-            box, source, confidence = data["box"], "request", None
-            if box is None:
-                try:
-                    detector = self._detector.get(device)
-                except ModelError as exc:  # includes NotTrainedError
-                    raise client_error(
-                        CONFLICT,
-                        f"loris: no box given and the recess detector is not available ({exc}); "
-                        "send params {\"box\": [x_min, y_min, x_max, y_max]} or train recess_detection",
-                    ) from None
-                found = detector.detect(image)
-                if found is None:
-                    raise client_error(
-                        CONFLICT, "loris: no box given and the recess detector found no recess in this image; "
-                        "send params {\"box\": [x_min, y_min, x_max, y_max]}"
-                    )
-                box, source, confidence = list(found.box), "detector", float(found.confidence)
-            prediction = predictor.predict(image, tuple(box), metric=data["metric"], with_reconstruction=False)
-        data["prediction"] = prediction
-        data["result"] = {
-            **prediction.to_json(),
-            "box_source": source,
-            "detector_confidence": confidence,
-            "image_size": [int(image.shape[1]), int(image.shape[0])],
-            "model_version": self._predictor.version(),
-        }
+            pipeline = Pipeline(self._predictor.get(device), lambda: self._detector.get(device))
+            result = pipeline.run_one(data["image"], data["box"], policy="fail", metric=data["metric"],
+                                      name="the image", with_reconstruction=False)
+        data["prediction"] = result.prediction
+        data["result"] = {**result.to_json(), "model_version": self._predictor.version()}
         return data
 
     def writer(self, data: Dict[str, Any], extension=None, dtype=None):

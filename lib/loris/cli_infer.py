@@ -5,7 +5,12 @@ Writes into OUT (each file atomically, and only once everything is computed):
   anomaly_map.nrrd     float32 anomaly map on the image's pixel grid (x = column, y = row,
                        origin 0, spacing 1)
   mask.png             segmentation (0/255)
-  result.json          score, distended, threshold, pixel_threshold, metric, box, box_source
+  result.json          score, distended, threshold, metric, pixel_metric, pixel_threshold,
+                       display_range, box, box_source, detector_confidence, image_size,
+                       image, model (and detector), mask_pixels
+
+Without --metric the score and decision are the model's metric (MSGMSD) and the
+map and segmentation its pixel metric (DD); with --metric, all of that metric.
 
 The box is x_min y_min x_max y_max in the image's pixels (max exclusive). Without
 --box, a recess detector (--detector MODEL_DIR, trained with train-detector)
@@ -32,35 +37,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="recess box in pixels (max exclusive)")
     parser.add_argument("--detector", type=Path, metavar="MODEL_DIR", help="recess detector used when --box is not given")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
-    parser.add_argument("--metric", choices=METRICS, help="anomaly-map metric (default: the model's)")
+    parser.add_argument("--metric", choices=METRICS,
+                        help="one metric for score, map and segmentation (default: the model's metric for the "
+                             "score and its pixel metric for the map)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
 
 
 def main(args: argparse.Namespace) -> int:
-    from lib.data.imageio import read_image
-    from lib.data.records import validate_box
     from lib.errors import DataError
-    from lib.loris.infer import LorisPredictor, write_outputs
+    from lib.pipeline import Pipeline, model_context, run_inference
 
-    predictor = LorisPredictor.load(args.model, args.device)
-    image = read_image(args.image)
-    h, w = image.shape
-    extra = {}
-    if args.box is not None:
-        box = validate_box(args.box, w, h, f"--box for {args.image}")
-        extra["box_source"] = "request"
-    elif args.detector is not None:
-        from lib.detection.infer import RecessDetector
-
-        detection = RecessDetector.load(args.detector, args.device).detect(image)
-        if detection is None:
-            raise DataError(f"{args.image}: the detector found no recess; give --box")
-        box = validate_box(detection.box, w, h, f"detected box for {args.image}")
-        extra.update(box_source="detector", detector_confidence=detection.confidence)
-    else:
+    if args.box is None and args.detector is None:
         raise DataError("give the recess box with --box X_MIN Y_MIN X_MAX Y_MAX, or a detector with --detector MODEL_DIR")
-    extra.update(image=str(args.image), image_size=[w, h], pooling=predictor.settings.pooling, model=str(args.model))
-    result = write_outputs(predictor.predict(image, box, args.metric), args.out, extra)
+    pipeline = Pipeline.load(args.model, args.detector, args.device)
+    result = run_inference(pipeline, args.image, args.out, args.box, policy="fail", metric=args.metric,
+                           context=model_context(args.model, args.detector))
     print(json.dumps({k: v for k, v in result.items() if k != "files"}, indent=2))
     print(f"wrote {', '.join(result['files'].values())} to {args.out}")
     return 0

@@ -6,8 +6,8 @@ computed from it (:meth:`LorisPredictor.predict_batch`). Scores are pooled on
 the network grid (as in calibration); maps, reconstructions and masks are
 returned in the original image geometry.
 
-:func:`run_inference` (an image file) and :func:`write_outputs` (a prediction)
-write, for one image: ``reconstruction.png`` (8-bit, ``[0, 1]``),
+:func:`write_outputs` writes a prediction's files (:func:`lib.pipeline.run_inference`
+runs an image file through the pipeline and calls it), for one image: ``reconstruction.png`` (8-bit, ``[0, 1]``),
 ``anomaly_map.nrrd`` (float32, the image's pixel grid: x = column, y = row,
 origin 0, spacing 1), ``mask.png`` (0/255) and ``result.json``. The images are
 written under temporary names and renamed into place once all of them are
@@ -20,17 +20,16 @@ import dataclasses
 import json
 import os
 import secrets
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from lib.data.atomic import atomic_path
-from lib.data.imageio import encode_png_unfiltered, png_pixels, read_image
+from lib.data.imageio import encode_png_unfiltered, png_pixels
 from lib.data.records import Box, validate_box
 from lib.errors import DataError, ModelError, NotTrainedError
 from lib.loris import preprocess
@@ -203,13 +202,22 @@ class LorisPredictor:
                       for k, v in maps.items()}
         return NetworkOutputs(x, grid_boxes, recon, maps, scores)
 
+    def batches(self, images: Sequence[np.ndarray], boxes: Sequence[Box], metrics=None,
+                batch_size: int = 16) -> Iterator[tuple[int, NetworkOutputs]]:
+        """The one batched loop over many images: ``(start index, NetworkOutputs)`` per ``batch_size`` images.
+
+        Training's calibration, inference, scoring and the evaluation all go through it.
+        """
+        metrics = tuple(metrics or (self.settings.metric,))
+        for start in range(0, len(images), batch_size):
+            yield start, self.network_outputs(images[start:start + batch_size], boxes[start:start + batch_size], metrics)
+
     def score_batch(self, images: Sequence[np.ndarray], boxes: Sequence[Box], metrics=None,
                     batch_size: int = 16) -> dict[str, np.ndarray]:
         """Image scores ``{metric: (N,)}`` of many images, ``batch_size`` per forward pass (active learning)."""
         metrics = tuple(metrics or (self.settings.metric,))
         out = {m: [] for m in metrics}
-        for i in range(0, len(images), batch_size):
-            res = self.network_outputs(images[i:i + batch_size], boxes[i:i + batch_size], metrics)
+        for _, res in self.batches(images, boxes, metrics, batch_size):
             for m in metrics:
                 out[m].append(res.scores[m].float().cpu().numpy())
         return {m: np.concatenate(v) if v else np.zeros(0, np.float32) for m, v in out.items()}
@@ -240,10 +248,9 @@ class LorisPredictor:
                 raise DataError(f"image {i}: expected a 2D (H, W) image, got shape {img.shape}")
             checked.append(validate_box(box, img.shape[1], img.shape[0], f"image {i} box"))
         results: list[dict[str, Prediction]] = []
-        for start in range(0, len(images), batch_size):
-            chunk = [np.asarray(im, dtype=np.float32) for im in images[start:start + batch_size]]
-            cboxes = checked[start:start + batch_size]
-            res = self.network_outputs(chunk, cboxes, metrics)
+        arrays = [np.asarray(im, dtype=np.float32) for im in images]
+        for start, res in self.batches(arrays, checked, metrics, batch_size):
+            chunk, cboxes = arrays[start:start + batch_size], checked[start:start + batch_size]
             for j, (img, box) in enumerate(zip(chunk, cboxes)):
                 h, w = img.shape
                 recon = _unit_image(res.reconstruction[j], (h, w)) if with_reconstruction else None
@@ -261,21 +268,25 @@ class LorisPredictor:
                 results.append(per_metric)
         return results
 
-    def predict(self, image: np.ndarray, box: Box, metric: str | None = None,
-                with_reconstruction: bool = True) -> Prediction:
-        """LoRIS on one image ``(H, W)`` in ``[0, 1]`` with its recess ``box`` (original pixels); see
-        :meth:`predict_batch` for ``with_reconstruction``.
+    def predict_served(self, images: Sequence[np.ndarray], boxes: Sequence[Box], metric: str | None = None,
+                       with_reconstruction: bool = True, batch_size: int = 16) -> list[Prediction]:
+        """What the model serves for each image, one forward pass per batch.
 
-        ``metric`` None: the model's served combination, the score and decision of ``settings.metric`` with
-        the anomaly map and segmentation of ``settings.pixel_metric`` (one forward pass); a ``metric``:
-        everything of that metric.
+        ``metric`` None: the score and decision of ``settings.metric`` with the anomaly map and segmentation of
+        ``settings.pixel_metric``; a ``metric``: everything of that metric.
         """
         if metric:
-            return self.predict_batch([image], [box], (metric,), with_reconstruction=with_reconstruction)[0][metric]
+            return [p[metric] for p in self.predict_batch(images, boxes, (metric,), batch_size, with_reconstruction)]
         score_metric, pixel_metric = self.settings.metric, self.settings.pixel_metric
-        both = self.predict_batch([image], [box], tuple(dict.fromkeys((score_metric, pixel_metric))),
-                                  with_reconstruction=with_reconstruction)[0]
-        return both[score_metric].with_pixels_of(both[pixel_metric])
+        both = self.predict_batch(images, boxes, tuple(dict.fromkeys((score_metric, pixel_metric))), batch_size,
+                                  with_reconstruction)
+        return [p[score_metric].with_pixels_of(p[pixel_metric]) for p in both]
+
+    def predict(self, image: np.ndarray, box: Box, metric: str | None = None,
+                with_reconstruction: bool = True) -> Prediction:
+        """LoRIS on one image ``(H, W)`` in ``[0, 1]`` with its recess ``box`` (original pixels): what
+        :meth:`predict_served` gives for it."""
+        return self.predict_served([image], [box], metric, with_reconstruction)[0]
 
 
 def _unit_image(recon: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
@@ -363,41 +374,4 @@ def write_outputs(prediction: Prediction, out_dir: str | os.PathLike, extra: dic
     finally:
         for tmp in temporary.values():
             tmp.unlink(missing_ok=True)
-    return result
-
-
-def source_fields(predictor: LorisPredictor, model_dir: str | os.PathLike, image_path: str | os.PathLike,
-                  image_size: tuple[int, int], box_source: str = "request") -> dict:
-    """The fields :func:`run_inference` adds to ``result.json``: the image, its ``(W, H)``, the score's pooling,
-    where the box came from and the model directory."""
-    return {"image": str(image_path), "image_size": list(image_size), "pooling": predictor.settings.pooling,
-            "box_source": box_source, "model": str(model_dir)}
-
-
-def run_inference(model_dir: str | os.PathLike, image_path: str | os.PathLike, box: Box, out_dir: str | os.PathLike,
-                  metric: str | None = None, device: str | torch.device = "cpu",
-                  predictor: LorisPredictor | None = None, box_source: str = "request",
-                  timings: dict | None = None) -> dict:
-    """LoRIS on one image file; writes :data:`OUTPUT_FILES` into ``out_dir`` and returns the result dict.
-
-    Model, image and box are checked before anything runs; the files appear only once all of them are
-    written (:func:`write_outputs`). ``timings``, when given, receives the wall time of each step in
-    milliseconds: ``read_ms`` (the image file), ``predict_ms`` (network and maps), ``write_ms`` (the files).
-
-    Raises:
-        ModelError / NotTrainedError: bad model directory.
-        DataError: unreadable image, or a box outside the image, inverted or empty.
-    """
-    predictor = predictor or LorisPredictor.load(model_dir, device)
-    t0 = time.perf_counter()
-    image = read_image(image_path)
-    h, w = image.shape
-    box = validate_box(box, w, h, f"{image_path}: box")
-    extra = source_fields(predictor, model_dir, image_path, (w, h), box_source)
-    t1 = time.perf_counter()
-    prediction = predictor.predict(image, box, metric)
-    t2 = time.perf_counter()
-    result = write_outputs(prediction, out_dir, extra)
-    if timings is not None:
-        timings.update(read_ms=(t1 - t0) * 1e3, predict_ms=(t2 - t1) * 1e3, write_ms=(time.perf_counter() - t2) * 1e3)
     return result

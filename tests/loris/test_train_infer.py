@@ -1,4 +1,4 @@
-"""Training, calibration, the predictor, run_inference and the two commands, on a tiny generated set.
+"""Training, calibration, the predictor, the pipeline's run_inference and the two commands, on a tiny generated set.
 
 One model with a reduced quick preset (64 px, 30 epochs, one thread) is trained once per module and shared;
 the tests of the training mechanics (resume, cancel, commands) train a 32 px model for 2-3 epochs.
@@ -15,7 +15,8 @@ from lib.__main__ import main as cli
 from lib.data.imageio import read_image, read_mask
 from lib.errors import DataError, ModelError
 from lib.loris.anomaly import METRICS
-from lib.loris.infer import OUTPUT_FILES, LorisPredictor, run_inference
+from lib.loris.infer import OUTPUT_FILES, LorisPredictor
+from lib.pipeline import Pipeline, run_inference
 from lib.loris.model_files import CHECKPOINT_FILE, load_model
 from lib.loris.settings import LorisSettings
 from lib.loris.train import train
@@ -152,13 +153,16 @@ def test_run_inference_writes_the_outputs_in_the_image_geometry(data, trained, t
     x0, y0, x1, y1 = r.box
     box = (x0 * 3 // 2, y0 * 9 // 8, x1 * 3 // 2, y1 * 9 // 8)
     timings = {}
-    result = run_inference(data["root"] / "model", tmp_path / "big.png", box, tmp_path / "out", timings=timings)
+    result = run_inference(Pipeline.load(data["root"] / "model"), tmp_path / "big.png", tmp_path / "out", box,
+                           timings=timings)
     assert set(timings) == {"read_ms", "predict_ms", "write_ms"} and all(v > 0 for v in timings.values())
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert files == set(OUTPUT_FILES.values())
     saved = json.loads((tmp_path / "out" / "result.json").read_text())
     assert saved == result
-    assert {"score", "distended", "threshold", "pixel_threshold", "metric", "box", "box_source"} <= set(saved)
+    assert {"score", "distended", "threshold", "pixel_threshold", "metric", "pixel_metric", "display_range", "box",
+            "box_source", "detector_confidence", "image_size", "image"} <= set(saved)
+    assert (saved["metric"], saved["pixel_metric"], saved["box_source"]) == ("msgmsd", "dd", "request")
     assert saved["box"] == list(box) and saved["image_size"] == [96, 72]
     amap = sitk.ReadImage(str(tmp_path / "out" / "anomaly_map.nrrd"))
     assert amap.GetSize() == (96, 72) and amap.GetPixelID() == sitk.sitkFloat32
@@ -172,7 +176,7 @@ def test_run_inference_writes_the_outputs_in_the_image_geometry(data, trained, t
 def test_bad_box_writes_nothing(data, trained, tmp_path, box):
     r = data["test"][0]
     with pytest.raises(DataError, match="box"):
-        run_inference(data["root"] / "model", r.image_path, box, tmp_path / "out")
+        run_inference(Pipeline.load(data["root"] / "model"), r.image_path, tmp_path / "out", box)
     assert not (tmp_path / "out").exists()
 
 
