@@ -11,7 +11,8 @@
   size in pixels. The statistics use every annotated box of the dataset (box
   geometry only, never the labels).
 - ``detected``: the box proposed by a recess detector trained on the fold's
-  normal training images (paper's Table 2); see :func:`detected_records`.
+  normal training images (paper's Table 2), through the pipeline's box step and
+  box policy, as the server boxes an image; see :func:`detected_records`.
 """
 
 from __future__ import annotations
@@ -117,43 +118,25 @@ def uniform_records(records: list[Record], size: UniformBoxSize,
     return out
 
 
-def detected_records(detector, records: list[Record], images: dict[str, np.ndarray] | None = None,
-                     confidences: dict | None = None, batch_size: int = 8) -> tuple[list[Record], list[str]]:
-    """Replace every record's box by the detector's box.
+def detected_records(detector, records: list[Record], images: dict[str, np.ndarray], policy: str = "fail",
+                     ) -> tuple[list[Record], list]:
+    """Every record's box as the pipeline's box step gives it (:func:`lib.pipeline.resolve_boxes`): the
+    detector's box with its calibrated confidence floor, and ``policy`` where it finds none.
 
     Args:
-        detector: a ``lib.detection`` ``RecessDetector`` (anything with ``detect_batch(images)``
-            returning ``Detection(box, confidence)`` or None per image).
-        records: the images to box.
-        images: ``{image name: (H, W) float [0,1]}`` already loaded (else read from disk).
-        confidences: when given, receives ``{image name: detector confidence, or None when nothing was found}``.
-
-    The pipeline needs one box per image, so each image gets the detector's best
-    box whatever its confidence (as the detector's mAP ranks them), not only boxes
-    above its reporting threshold.
+        detector: a ``lib.detection`` ``RecessDetector``.
+        records: the images to box (their annotated boxes are never used).
+        images: ``{image name: (H, W) float [0, 1]}`` of every record.
+        policy: the box policy. ``fail`` (the server's) and ``skip`` leave an image without a box
+            (the server answers 409 for it); ``whole_image`` boxes the whole image.
 
     Returns:
-        ``(records, missed)``: the records with detected boxes, and the names of the
-        images where the detector proposed nothing at all. Those get the whole image
-        as their box (the inpainting then hides everything, which is the honest
-        penalty of a missed recess: no annotated box is ever used in their place).
+        ``(records, choices)``: the records with the chosen boxes (``box`` None where the policy left the image
+        without one) and the :class:`lib.pipeline.BoxChoice` of each.
     """
-    from lib.data.imageio import read_image
+    from lib.pipeline import resolve_boxes
 
-    out: list[Record] = []
-    missed: list[str] = []
-    for start in range(0, len(records), batch_size):
-        chunk = records[start:start + batch_size]
-        arrays = [images[r.image] if images is not None and r.image in images else read_image(r.image_path)
-                  for r in chunk]
-        detections = detector.detect_batch(arrays, min_confidence=0.0)
-        for r, array, det in zip(chunk, arrays, detections):
-            if confidences is not None:
-                confidences[r.image] = None if det is None else float(det.confidence)
-            if det is None:
-                missed.append(r.image)
-                h, w = array.shape
-                out.append(replace(r, box=(0, 0, w, h)))
-            else:
-                out.append(replace(r, box=tuple(int(v) for v in det.box)))
-    return out, missed
+    batch_policy = "skip" if policy == "fail" else policy  # a batch records "no answer" instead of raising
+    choices = resolve_boxes([images[r.image] for r in records], None, lambda: detector, batch_policy,
+                            [r.image for r in records])
+    return [replace(r, box=c.box) for r, c in zip(records, choices)], choices

@@ -63,6 +63,7 @@ from lib.evaluation.baselines import METHODS
 from lib.evaluation.boxes import BOX_MODES
 from lib.loris.anomaly import METRICS
 from lib.loris.settings import ARCHITECTURES, POOLINGS, SCORE_REGIONS
+from lib.pipeline import BOX_POLICIES
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +84,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector-epochs", type=int, metavar="N", help="detector epochs (default: --epochs)")
     parser.add_argument("--detector-image-size", type=int, metavar="S",
                         help="detector input side in pixels (default: the detector's preset, 256; --quick 128)")
+    parser.add_argument("--box-policy", choices=BOX_POLICIES, default="fail",
+                        help="--box detected: when the detector finds no recess, fail (default, as the server: "
+                             "no answer, counted as normal), skip (the same in an evaluation), or whole_image")
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds and the training (default 0)")
     parser.add_argument("--quick", action="store_true",
                         help="start from the small CPU presets (128 px, a small MONAI UNet, Adam 2e-3, 100 epochs, "
@@ -129,7 +133,7 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed, quick=args.quick, augment=args.augment, pooling=args.pooling,
         score_region=args.score_region, architecture=args.architecture,
         channels=tuple(args.channels) if args.channels else None, detector_epochs=args.detector_epochs,
-        detector_image_size=args.detector_image_size,
+        detector_image_size=args.detector_image_size, box_policy=args.box_policy,
         uniform_percentile=args.uniform_percentile, resume=args.resume, device=args.device,
         progress=not args.no_progress, command=command_line(),
     )

@@ -16,9 +16,13 @@ precomputed folds):
 3. One forward pass per test batch gives every requested anomaly metric
    (:meth:`lib.loris.infer.LorisPredictor.network_outputs`).
 4. ``--box detected``: a recess detector is trained on the fold's normal training
-   images (:func:`lib.detection.train.train_detector`); its boxes replace the
-   annotated ones on the validation (for calibration) and test images; its
-   precision/mAP on the test images are recorded.
+   images (:func:`lib.detection.train.train_detector`); the pipeline's box step
+   (:func:`lib.pipeline.resolve_boxes`: the detector's calibrated confidence floor,
+   then ``box_policy``, by default the server's ``fail``) boxes the validation (for
+   calibration) and test images, as the server would; its precision/mAP on the test
+   images are recorded. An image the policy leaves without a box gets no answer, as
+   from the server: it counts as normal (ranked below every answered image) with an
+   empty segmentation, and calibration leaves it out.
 5. The baselines (``box-intensity``, ``box-shape``) are calibrated and tested
    on the same images with the same boxes. ``riad`` and ``autoencoder`` are
    scored as their papers score them (the max of the map over the whole image,
@@ -124,6 +128,9 @@ class EvaluationConfig:
         detector_epochs: detector training length (None = ``epochs``, or the detector's default).
         detector_image_size: the detector's input side (None = the detector preset's own, independent
             of ``image_size``: the box is found on its grid and mapped back to the image's pixels).
+        box_policy: ``--box detected``: what an image gets when the detector finds no recess
+            (:data:`lib.pipeline.BOX_POLICIES`; default ``fail``, the server's: no answer, counted as normal
+            with an empty segmentation).
         uniform_percentile: percentile of annotated heights for ``--box uniform``.
         resume: skip folds already finished with this configuration.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -150,6 +157,7 @@ class EvaluationConfig:
     channels: tuple[int, ...] | None = None
     detector_epochs: int | None = None
     detector_image_size: int | None = None
+    box_policy: str = "fail"
     uniform_percentile: float = 90.0
     resume: bool = False
     device: str = "auto"
@@ -171,6 +179,9 @@ class EvaluationConfig:
                 raise DataError(f"--metrics: unknown metric {m!r}; valid metrics are {', '.join(METRICS)}")
         for b in self.boxes:
             box_sources.check_box_mode(b)
+        from lib.pipeline import check_box_policy
+
+        check_box_policy(self.box_policy)
         if not self.methods:
             raise DataError("--methods: give at least one method")
         if not self.boxes:
@@ -219,6 +230,7 @@ class EvaluationConfig:
             "augment": self.augment, "pooling": self.pooling, "score_region": self.score_region,
             "architecture": self.architecture, "channels": None if self.channels is None else list(self.channels),
             "detector_epochs": self.detector_epochs, "detector_image_size": self.detector_image_size,
+            "box_policy": self.box_policy,
             "uniform_percentile": self.uniform_percentile,
             "device": self.device, "command": self.command,
         }
@@ -246,7 +258,8 @@ class SplitData:
     """The images of one split with one box source, ready for the network grid.
 
     Attributes:
-        records: labelled, boxed records (their ``box`` is the box source's).
+        records: labelled records; their ``box`` is the box source's, None where the box policy left the
+            image without one (detected boxes: no answer, as the server's 409).
         images: ``{image name: (H, W) float [0, 1]}`` (shared between box sources).
         truths: ``(N, S, S)`` bool ground-truth masks on the grid (all False for normal images).
         known: ``(N,)`` bool, False for distended images without a mask (left out of pixel metrics).
@@ -264,9 +277,32 @@ class SplitData:
     def arrays(self) -> list[np.ndarray]:
         return [self.images[r.image] for r in self.records]
 
+    @property
+    def answered(self) -> np.ndarray:
+        """``(N,)`` bool: the images that have a box, hence a result."""
+        return np.array([r.box is not None for r in self.records], dtype=bool)
+
     def with_records(self, records: list[Record]) -> "SplitData":
         """The same images with other boxes (same order)."""
         return SplitData(records, self.images, self.truths, self.known)
+
+    def subset(self, indices) -> "SplitData":
+        """The images at ``indices``, in that order."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return SplitData([self.records[i] for i in indices], self.images, self.truths[indices], self.known[indices])
+
+
+def _expand(answered: np.ndarray, values: np.ndarray, fill) -> np.ndarray:
+    """Values of the answered images into an array over every image (``fill`` for the unanswered ones).
+
+    ``fill == "lowest"``: one below the lowest answered value (an unanswered image is never flagged: it
+    ranks below every answered one).
+    """
+    if fill == "lowest":
+        fill = float(np.min(values)) - 1.0 if np.size(values) else 0.0
+    out = np.full((answered.shape[0], *np.shape(values)[1:]), fill, dtype=np.asarray(values).dtype)
+    out[answered] = values
+    return out
 
 
 def _evaluable(records: list[Record]) -> list[Record]:
@@ -307,11 +343,13 @@ def _median(values) -> float | None:
 
 
 def _method_metrics(labels, scores, threshold, maps=None, truths=None, known=None, boxes=None,
-                    segment_in_box: bool = True, pixel_threshold=None) -> tuple[dict, np.ndarray | None]:
+                    segment_in_box: bool = True, pixel_threshold=None,
+                    answered=None) -> tuple[dict, np.ndarray | None]:
     """All metrics of one method on one fold's test set, and its calibrated segmentation (grid, or None).
 
     ``maps``, ``truths``, ``boxes``: ``(N, S, S)`` grid arrays; ``known``: ``(N,)``, False for distended
-    images without a mask (left out of the pixel metrics).
+    images without a mask (left out of the pixel metrics); ``answered``: ``(N,)``, False for images left
+    without a box (their map is empty; they are left out of the box shares).
     """
     scores = np.asarray(scores, dtype=np.float64)
     sens, spec = sensitivity_specificity(labels, scores >= threshold)
@@ -332,20 +370,27 @@ def _method_metrics(labels, scores, threshold, maps=None, truths=None, known=Non
     out["dice_calibrated_region"] = "box" if segment_in_box else "image"
     shares = _box_shares(predicted, boxes)
     labels = np.asarray(labels, dtype=bool)
-    out["normal_box_share"] = _median(shares[~labels])
-    out["distended_box_share"] = _median(shares[labels])
+    answered = np.ones(labels.shape, bool) if answered is None else np.asarray(answered, dtype=bool)
+    out["normal_box_share"] = _median(shares[~labels & answered])
+    out["distended_box_share"] = _median(shares[labels & answered])
     out["pixel_threshold"] = float(pixel_threshold)
     return out, predicted
 
 
-def _scoring_ablation(labels, maps: np.ndarray, grid_boxes: np.ndarray) -> dict:
-    """I-AUROC of the test maps pooled every way of :data:`SCORINGS`: ``{"mean/box": auroc, ...}``."""
-    tensor = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
-    boxes = torch.as_tensor(grid_boxes)
+def _scoring_ablation(labels, maps: np.ndarray, grid_boxes: np.ndarray, answered=None) -> dict:
+    """I-AUROC of the test maps pooled every way of :data:`SCORINGS`: ``{"mean/box": auroc, ...}``.
+
+    ``answered``: ``(N,)`` bool, False for images without a box (they rank below every answered one).
+    """
+    labels = np.asarray(labels, dtype=bool)
+    answered = np.ones(labels.shape, bool) if answered is None else np.asarray(answered, dtype=bool)
+    tensor = torch.from_numpy(np.ascontiguousarray(maps[answered], dtype=np.float32))[:, None]
+    boxes = torch.as_tensor(grid_boxes[answered])
     out = {}
     for scoring in SCORINGS:
         pooling, region = scoring.split("/")
-        out[scoring] = image_auroc(labels, image_scores(tensor, boxes, pooling, region).numpy())
+        scores = image_scores(tensor, boxes, pooling, region).numpy() if answered.any() else np.zeros(0)
+        out[scoring] = image_auroc(labels, _expand(answered, scores, "lowest"))
     return out
 
 
@@ -608,11 +653,23 @@ class Evaluation:
             detector = self._train_detector(fold, progress)
             result["models"]["detector"] = str(self.config.out / "models" / f"fold_{fold.index}" / "detector")
             det = detection_metrics(detector, test.records, test.arrays())
-            valid_det, missed_valid = box_sources.detected_records(detector, valid.records, images)
-            test_det, missed_test = box_sources.detected_records(detector, test.records, images, confidences)
-            det.update({"missed": missed_test, "missed_valid": missed_valid, "calibration_boxes": "detected"})
+            valid_det, valid_choices = box_sources.detected_records(detector, valid.records, images, c.box_policy)
+            test_det, test_choices = box_sources.detected_records(detector, test.records, images, c.box_policy)
+            confidences = {r.image: ch.confidence for r, ch in zip(test.records, test_choices)}
+            calibration_split, calibration_boxes = valid.with_records(valid_det), "detected"
+            if not any(r.is_normal and r.box is not None for r in valid_det):
+                # nothing to calibrate on: the detected-box rows keep the thresholds of the annotated boxes
+                calibration_split = valid
+                calibration_boxes = "annotated (the detector boxed no normal validation image)"
+                self.log(f"fold {fold.index}: the detector boxed no normal validation image; detected-box rows "
+                         "use thresholds calibrated on annotated boxes")
+            det.update({"box_policy": c.box_policy, "calibration_boxes": calibration_boxes,
+                        "missed": [r.image for r, ch in zip(test.records, test_choices) if ch.source != "detector"],
+                        "missed_valid": [r.image for r, ch in zip(valid.records, valid_choices)
+                                         if ch.source != "detector"],
+                        "unanswered": [r.image for r in test_det if r.box is None]})
             result["detector"] = det
-            splits["detected"] = (None, valid.with_records(valid_det), test.with_records(test_det))
+            splits["detected"] = (None, calibration_split, test.with_records(test_det))
             del detector
 
         panels = fold.index == self.panel_fold  # panels show the first fold's test images
@@ -633,15 +690,20 @@ class Evaluation:
     @staticmethod
     def _image_records(splits: dict, confidences: dict, methods: dict) -> list[dict]:
         """One entry per test image: label, patient, each box used with its source, each method's score."""
-        sources = {"gt": "annotated", "uniform": "uniform (re-drawn annotated)", "detected": "detector"}
+        sources = {"gt": "annotated", "uniform": "uniform (re-drawn annotated)"}
         test = splits["gt"][2]
         out = []
         for i, r in enumerate(test.records):
             boxes = {}
             for box, (_, _, split) in splits.items():
-                entry = {"box": [int(v) for v in split.records[i].box], "source": sources[box]}
+                chosen = split.records[i].box
+                entry = {"box": None if chosen is None else [int(v) for v in chosen]}
                 if box == "detected":
-                    entry["confidence"] = confidences.get(r.image)
+                    confidence = confidences.get(r.image)
+                    entry.update(source="detector" if confidence is not None else
+                                 ("none (no answer)" if chosen is None else "whole_image"), confidence=confidence)
+                else:
+                    entry["source"] = sources[box]
                 boxes[box] = entry
             out.append({
                 "image": r.image, "patient_id": r.patient_id, "label": r.label, "has_mask": bool(test.known[i]),
@@ -653,45 +715,50 @@ class Evaluation:
 
     def _evaluate_network(self, method, box, model_dir, valid: SplitData, test: SplitData, recalibrate: bool,
                           result: dict, panels: bool) -> None:
+        from lib.loris.calibration import calibrate
         from lib.loris.infer import LorisPredictor
-        from lib.loris.train import calibrate
 
         c = self.config
         predictor = LorisPredictor.load(model_dir, device=self.device)
         if recalibrate:
-            predictor.calibration = calibrate(predictor, valid.records, valid.arrays(), c.metrics)
+            calibration_set = valid.subset(np.flatnonzero(valid.answered))
+            predictor.calibration = calibrate(predictor, calibration_set.records, calibration_set.arrays(), c.metrics)
         settings = predictor.settings
         size = settings.image_size
+        answered = test.answered
+        run = test.subset(np.flatnonzero(answered))  # the images with a box: the network sees those
         scores = {m: [] for m in c.metrics}
         maps = {m: [] for m in c.metrics}
         grid_boxes, xs, recons = [], [], []
-        panel_idx = self._panel_indices(test) if panels else []
-        arrays = test.arrays()
+        panel_idx = [j for j in self._panel_indices(test) if answered[j]] if panels else []
+        position = {j: k for k, j in enumerate(np.flatnonzero(answered))}  # test index -> index in run
+        wanted_run = [position[j] for j in panel_idx]
         bs = 16
-        for i in range(0, len(arrays), bs):
-            out = predictor.network_outputs(arrays[i:i + bs], [r.box for r in test.records[i:i + bs]], c.metrics)
+        for start, out in predictor.batches(run.arrays(), [r.box for r in run.records], c.metrics, bs):
             for m in c.metrics:
                 scores[m].append(out.scores[m].float().cpu().numpy())
                 maps[m].append(out.maps[m][:, 0].float().cpu().numpy())
             grid_boxes.append(out.grid_boxes.cpu().numpy())
-            wanted = [j - i for j in panel_idx if i <= j < i + bs]
+            wanted = [j - start for j in wanted_run if start <= j < start + bs]
             if wanted:
                 xs.append(out.x[wanted].cpu())
                 recons.append(out.reconstruction[wanted].cpu())
-        grid = np.concatenate(grid_boxes)
+        n = len(run.records)
+        grid = _expand(answered, np.concatenate(grid_boxes) if n else np.zeros((0, 4), np.int64), 0)
         boxes = _grid_boxes_mask(grid, size)
         labels = test.labels
         for m in c.metrics:
             thr, pthr = predictor.thresholds(m)
-            s = np.concatenate(scores[m])
-            mp = np.concatenate(maps[m])
+            answered_scores = np.concatenate(scores[m]) if n else np.zeros(0)
+            s = _expand(answered, answered_scores, "lowest")
+            mp = _expand(answered, np.concatenate(maps[m]) if n else np.zeros((0, size, size), np.float32), 0.0)
             entry, predicted = _method_metrics(labels, s, thr, mp, test.truths, test.known, boxes,
-                                               settings.segment_in_box, pthr)
+                                               settings.segment_in_box, pthr, answered)
             key = method_key(method, m, box)
             entry.update({"method": method, "metric": m, "box": box, "pooling": settings.pooling,
                           "score_region": settings.score_region, "scores": s.tolist(), "labels": labels.tolist(),
-                          "images": [r.image for r in test.records],
-                          "scoring": _scoring_ablation(labels, mp, grid),
+                          "images": [r.image for r in test.records], "answered": int(answered.sum()),
+                          "scoring": _scoring_ablation(labels, mp, grid, answered),
                           "calibration": {k: v for k, v in predictor.calibration[m].items()
                                           if k in ("image_rule", "pixel_rule", "valid_auroc", "valid_dice",
                                                    "valid_normal_box_share")},
@@ -741,18 +808,22 @@ class Evaluation:
     def _evaluate_baseline(self, method, box, valid: SplitData, test: SplitData, result: dict, panels: bool) -> None:
         size = self.size
         settings = self.config.loris_settings("loris")
+        valid = valid.subset(np.flatnonzero(valid.answered))
         v_scores, v_maps, v_grid = _baseline_outputs(method, valid, size)
         thr, pthr = _fit_baseline(valid, v_scores, v_maps, _grid_boxes_mask(v_grid, size), settings)
-        s, mp, grid = _baseline_outputs(method, test, size)
+        answered = test.answered
+        s, mp, grid = _baseline_outputs(method, test.subset(np.flatnonzero(answered)), size)
+        s, grid = _expand(answered, s, "lowest"), _expand(answered, grid, 0)
+        mp = None if mp is None else _expand(answered, mp, 0.0)
         boxes = _grid_boxes_mask(grid, size)
         labels = test.labels
-        entry, predicted = _method_metrics(labels, s, thr, mp, test.truths, test.known, boxes, True, pthr)
+        entry, predicted = _method_metrics(labels, s, thr, mp, test.truths, test.known, boxes, True, pthr, answered)
         key = method_key(method, None, box)
         entry.update({"method": method, "metric": None, "box": box, "scores": s.tolist(), "labels": labels.tolist(),
-                      "images": [r.image for r in test.records]})
+                      "images": [r.image for r in test.records], "answered": int(answered.sum())})
         result["methods"][key] = entry
         if panels:
-            idx = self._panel_indices(test)
+            idx = [j for j in self._panel_indices(test) if answered[j]]
             x, _ = preprocess.batch([test.images[test.records[j].image] for j in idx],
                                     [test.records[j].box for j in idx], size)
             rows = [PanelRow(test.records[j].image, test.records[j].label, preprocess.to_unit_range(x[k, 0]).numpy(),

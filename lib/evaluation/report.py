@@ -423,10 +423,18 @@ def write_report(out_dir: Path, results: dict, fold_results: list[dict], dataset
     if "detected" in boxes:
         det = results.get("detector", {})
         lines += ["## Table 2: annotated vs detected boxes", "", table2(results), ""]
+        policy = config.get("box_policy", "fail")
+        fate = {"fail": "they get no answer, as from the server (HTTP 409), and count as normal, ranked below "
+                        "every answered image, with an empty segmentation",
+                "skip": "they are skipped, as by active-learning scoring, and count as normal, ranked below every "
+                        "answered image, with an empty segmentation",
+                "whole_image": "the whole image is their box"}[policy]
         lines += [f"Detector: trained per fold on that fold's normal training images; mean IoU with the "
-                  f"annotated box on the test images {fmt(det.get('mean_iou'))}; images where it found nothing "
-                  f"per fold: {det.get('missed')} (they get the whole image as box). The calibration of the "
-                  "detected-box rows uses detected boxes on the validation images too.", ""]
+                  f"annotated box on the test images {fmt(det.get('mean_iou'))}. Boxes come from the pipeline's "
+                  f"box step with the detector's confidence floor and box policy `{policy}`"
+                  + (" (the server's)" if policy == "fail" else "") + f": test images where it found nothing, "
+                  f"per fold: {det.get('missed')}; {fate}. The calibration of the detected-box rows uses "
+                  "detected boxes on the validation images too.", ""]
     lines += ["## Figures", ""]
     for key in results["methods"]:
         name = safe_name(key)

@@ -34,8 +34,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from lib.data.imageio import read_mask
 from lib.errors import DataError
+from lib.loris import preprocess
+from lib.loris.masking import box_mask
 from lib.loris.postprocess import segment
+from lib.loris.settings import METRICS
 
 
 def fit_image_threshold(scores, distended, target_fpr: float = 0.05) -> dict:
@@ -195,3 +199,31 @@ def fit_calibration(scores: dict, maps: dict, distended, masks, regions, boxes, 
         entry.update(counts)
         out[metric] = entry
     return out
+
+
+def calibrate(predictor, records, images, metrics=METRICS, batch_size: int = 16) -> dict:
+    """Fit thresholds of every metric on labelled, boxed ``records`` (normal and distended) and their ``(H, W)``
+    ``images``, with a :class:`~lib.loris.infer.LorisPredictor` -> the calibration dict of :func:`fit_calibration`."""
+    s = predictor.settings
+    size = s.image_size
+    scores = {m: [] for m in metrics}
+    maps = {m: [] for m in metrics}
+    boxes = []
+    for _, out in predictor.batches(images, [r.box for r in records], metrics, batch_size):
+        for m in metrics:
+            scores[m].append(out.scores[m].float().cpu().numpy())
+            maps[m].append(out.maps[m][:, 0].float().cpu().numpy())
+        boxes.append(box_mask(out.grid_boxes.cpu(), size, size)[:, 0].numpy())
+    boxes = np.concatenate(boxes)
+    regions = boxes if s.segment_in_box else np.ones_like(boxes)
+    distended = np.array([r.label == "distended" for r in records])
+    has_mask = np.array([r.label == "normal" or r.mask_path is not None for r in records])
+    masks = np.zeros((len(records), size, size), dtype=bool)
+    for i, r in enumerate(records):
+        if r.label == "distended" and r.mask_path is not None:
+            masks[i] = preprocess.mask_tensor(read_mask(r.mask_path), size)[0].numpy()
+    return fit_calibration(
+        {m: np.concatenate(v) for m, v in scores.items()},
+        {m: np.concatenate(v) for m, v in maps.items()},
+        distended, masks, regions, boxes, has_mask, s.target_fpr, s.normal_box_share,
+    )

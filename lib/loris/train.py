@@ -32,16 +32,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lib.data.imageio import read_boxed_images, read_mask
+from lib.data.imageio import read_boxed_images
 from lib.data.records import Record
 from lib.data.splits import split_train_valid
 from lib.errors import DataError, ModelError
 from lib.loris import preprocess
-from lib.loris.anomaly import METRICS
-from lib.loris.calibration import fit_calibration
+from lib.loris.calibration import calibrate
 from lib.loris.infer import LorisPredictor, resolve_device
 from lib.loris.loss import LorisLoss
-from lib.loris.masking import box_mask
 from lib.loris.model_files import load_checkpoint, save_checkpoint, save_model
 from lib.loris.network import build_network
 from lib.loris.reconstruction import reconstruct
@@ -112,35 +110,6 @@ def _mean_terms(network, loss_fn, x, grid_boxes, settings, batch_size, generator
             for k, v in loss_fn(recon, xb).items():
                 sums[k] += float(v) * xb.shape[0]
     return {k: v / max(x.shape[0], 1) for k, v in sums.items()}
-
-
-def calibrate(predictor: LorisPredictor, records: Sequence[Record], images: Sequence[np.ndarray],
-              metrics=METRICS, batch_size: int = 16) -> dict:
-    """Fit thresholds of every metric on labelled, boxed ``records`` (normal and distended) -> calibration dict."""
-    s = predictor.settings
-    size = s.image_size
-    scores = {m: [] for m in metrics}
-    maps = {m: [] for m in metrics}
-    boxes = []
-    for i in range(0, len(records), batch_size):
-        out = predictor.network_outputs(images[i:i + batch_size], [r.box for r in records[i:i + batch_size]], metrics)
-        for m in metrics:
-            scores[m].append(out.scores[m].float().cpu().numpy())
-            maps[m].append(out.maps[m][:, 0].float().cpu().numpy())
-        boxes.append(box_mask(out.grid_boxes.cpu(), size, size)[:, 0].numpy())
-    boxes = np.concatenate(boxes)
-    regions = boxes if s.segment_in_box else np.ones_like(boxes)
-    distended = np.array([r.label == "distended" for r in records])
-    has_mask = np.array([r.label == "normal" or r.mask_path is not None for r in records])
-    masks = np.zeros((len(records), size, size), dtype=bool)
-    for i, r in enumerate(records):
-        if r.label == "distended" and r.mask_path is not None:
-            masks[i] = preprocess.mask_tensor(read_mask(r.mask_path), size)[0].numpy()
-    return fit_calibration(
-        {m: np.concatenate(v) for m, v in scores.items()},
-        {m: np.concatenate(v) for m, v in maps.items()},
-        distended, masks, regions, boxes, has_mask, s.target_fpr, s.normal_box_share,
-    )
 
 
 def train(records: Sequence[Record], out_dir: str | os.PathLike, settings: LorisSettings | None = None, *,

@@ -105,7 +105,20 @@ def test_detected_boxes_come_from_a_detector_per_fold(tiny_data, tmp_path):
     fold = json.loads((out / "folds" / "fold_1.json").read_text())
     assert fold["models"]["detector"].endswith("detector")
     detected = [i["boxes"]["detected"] for i in fold["images"]]
-    assert all(d["source"] == "detector" and len(d["box"]) == 4 and "confidence" in d for d in detected)
+    for d in detected:  # the server's policy: a box above the detector's confidence floor, or no answer
+        assert (d["source"], len(d["box"]), d["confidence"] > 0) == ("detector", 4, True) if d["box"] else \
+            (d["source"], d["confidence"]) == ("none (no answer)", None)
+    assert fold["methods"]["box-shape@detected"]["answered"] == sum(d["box"] is not None for d in detected)
+    assert fold["detector"]["box_policy"] == "fail"
+
+    # another policy is labelled: every image gets a box (the whole image where the detector finds none)
+    other = tmp_path / "whole"
+    assert _evaluate(tiny_data, other, "--methods", "box-shape", "--box", "detected", "--detector-image-size", "64",
+                     "--box-policy", "whole_image") == 0
+    fold = json.loads((other / "folds" / "fold_1.json").read_text())
+    assert fold["detector"]["box_policy"] == "whole_image"
+    assert all(i["boxes"]["detected"]["source"] in ("detector", "whole_image") for i in fold["images"])
+    assert "whole_image" in (other / "report.md").read_text()
     assert "Table 2" in (out / "report.md").read_text()
 
 
