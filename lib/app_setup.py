@@ -62,7 +62,7 @@ def usable(name: str, model_dir: Path) -> bool:
 
     try:
         if name == "loris":
-            from lib.loris.infer import LorisPredictor
+            from lib.loris.predictor import LorisPredictor
 
             LorisPredictor.load(model_dir)
         else:

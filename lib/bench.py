@@ -397,14 +397,14 @@ def measure_steps_alone(predictor, model_dir: Path, files: list, out_root: Path,
 
     The steps are the functions :func:`lib.pipeline.run_inference` calls, on the first frame of ``files``:
     ``read`` (:func:`~lib.data.imageio.read_image`), ``predict`` (:meth:`lib.pipeline.Pipeline.run_one`, the
-    forward included) and ``write`` (:func:`~lib.loris.infer.write_outputs`, a new folder each time), and the
+    forward included) and ``write`` (:func:`~lib.loris.predictor.write_outputs`, a new folder each time), and the
     ``forward`` alone. Each runs warm and undisturbed by the others, so ``read + predict + write`` over
     ``forward`` (``pipeline_steps_alone_to_forward_ratio``) is the pipeline ratio this code would reach if
     no step slowed down for running right after another one: what the work itself costs, against what
     running it cold costs in ``pipeline_ms``.
     """
     from lib.data.imageio import read_image
-    from lib.loris.infer import write_outputs
+    from lib.loris.predictor import write_outputs
     from lib.pipeline import Pipeline, model_context
 
     path, box = files[0]
@@ -628,7 +628,7 @@ def run(plan: Plan, device: str, work: Path, threads: int | None = None, log=pri
     """Every measurement of the module docstring, in one run; returns the JSON-ready result."""
     import torch
 
-    from lib.loris.infer import LorisPredictor, resolve_device
+    from lib.loris.predictor import LorisPredictor, resolve_device
     from lib.loris.model_files import load_model
     from lib.loris.network import build_network
     from lib.loris.settings import LorisSettings

@@ -36,7 +36,7 @@ import numpy as np
 from lib.data.imageio import read_image
 from lib.data.records import Box, validate_box
 from lib.errors import DataError, ModelError, NoBoxError
-from lib.loris.infer import LorisPredictor, Prediction, write_outputs
+from lib.loris.predictor import LorisPredictor, Prediction, write_outputs
 
 BOX_POLICIES = ("fail", "skip", "whole_image")
 """What happens when no box is given and the detector finds none (see the module docstring)."""
@@ -195,7 +195,7 @@ class Pipeline:
             metric: None for the model's served combination (score of ``metric``, map and segmentation of
                 ``pixel_metric``), or one metric for everything.
             names: for error messages.
-            with_reconstruction: see :meth:`~lib.loris.infer.LorisPredictor.predict_batch`.
+            with_reconstruction: see :meth:`~lib.loris.predictor.LorisPredictor.predict_batch`.
         """
         choices = self.boxes(images, boxes, policy, names)
         keep = [i for i, c in enumerate(choices) if c.box is not None]
@@ -228,7 +228,7 @@ class Pipeline:
 def run_inference(pipeline: Pipeline, image_path: str | os.PathLike, out_dir: str | os.PathLike,
                   box: Box | None = None, policy: str = "fail", metric: str | None = None,
                   context: dict | None = None, timings: dict | None = None) -> dict:
-    """The pipeline on one image file; writes :data:`lib.loris.infer.OUTPUT_FILES` into ``out_dir``.
+    """The pipeline on one image file; writes :data:`lib.loris.predictor.OUTPUT_FILES` into ``out_dir``.
 
     Returns the ``result.json`` dict: the result vocabulary, ``image`` (the path), ``context`` (e.g. the model
     folder), the file names and ``mask_pixels``. Model, image and box are checked before anything runs; the

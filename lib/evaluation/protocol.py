@@ -14,7 +14,7 @@ precomputed folds):
    evaluated with other boxes than it was calibrated with is re-calibrated on the
    validation images with those boxes. Test images never set a threshold.
 3. One forward pass per test batch gives every requested anomaly metric
-   (:meth:`lib.loris.infer.LorisPredictor.network_outputs`).
+   (:meth:`lib.loris.predictor.LorisPredictor.network_outputs`).
 4. ``--box detected``: a recess detector is trained on the fold's normal training
    images (:func:`lib.detection.train.train_detector`); the pipeline's box step
    (:func:`lib.pipeline.resolve_boxes`: the detector's calibrated confidence floor,
@@ -466,7 +466,7 @@ class Evaluation:
     def __init__(self, config: EvaluationConfig, log=print) -> None:
         self.config = config
         self.log = log
-        from lib.loris.infer import resolve_device
+        from lib.loris.predictor import resolve_device
 
         self.device = resolve_device(config.device)
         self.size = config.loris_settings("loris").image_size
@@ -716,7 +716,7 @@ class Evaluation:
     def _evaluate_network(self, method, box, model_dir, valid: SplitData, test: SplitData, recalibrate: bool,
                           result: dict, panels: bool) -> None:
         from lib.loris.calibration import calibrate
-        from lib.loris.infer import LorisPredictor
+        from lib.loris.predictor import LorisPredictor
 
         c = self.config
         predictor = LorisPredictor.load(model_dir, device=self.device)

@@ -54,7 +54,7 @@ from lib.infers.http_errors import user_errors
 from lib.infers.model_cache import ModelCache
 from lib.infers.params import request_box
 from lib.infers.recess_detection import detector_cache
-from lib.loris.infer import LorisPredictor, write_nrrd
+from lib.loris.predictor import LorisPredictor, write_nrrd
 from lib.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)

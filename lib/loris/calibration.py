@@ -203,7 +203,7 @@ def fit_calibration(scores: dict, maps: dict, distended, masks, regions, boxes, 
 
 def calibrate(predictor, records, images, metrics=METRICS, batch_size: int = 16) -> dict:
     """Fit thresholds of every metric on labelled, boxed ``records`` (normal and distended) and their ``(H, W)``
-    ``images``, with a :class:`~lib.loris.infer.LorisPredictor` -> the calibration dict of :func:`fit_calibration`."""
+    ``images``, with a :class:`~lib.loris.predictor.LorisPredictor` -> the calibration dict of :func:`fit_calibration`."""
     s = predictor.settings
     size = s.image_size
     scores = {m: [] for m in metrics}

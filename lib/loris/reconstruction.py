@@ -8,7 +8,7 @@
   (hidden) pixels of each output are kept and stitched together: one full
   reconstruction per cell size. Training draws one cell size per batch (as
   RIAD); inference uses every size, and the anomaly maps of the sizes are
-  averaged (see :func:`lib.loris.infer.LorisPredictor.network_outputs`).
+  averaged (see :func:`lib.loris.predictor.LorisPredictor.network_outputs`).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from lib.data.splits import split_train_valid
 from lib.errors import DataError, ModelError
 from lib.loris import preprocess
 from lib.loris.calibration import calibrate
-from lib.loris.infer import LorisPredictor, resolve_device
+from lib.loris.predictor import LorisPredictor, resolve_device
 from lib.loris.loss import LorisLoss
 from lib.loris.model_files import load_checkpoint, save_checkpoint, save_model
 from lib.loris.network import build_network
@@ -51,7 +51,7 @@ NETWORK_FIELDS = ("image_size", "architecture", "channels", "strides", "num_res_
 LOSS_TERMS = ("loss", "msgms", "ssim", "l2")
 
 
-def usable(records: Sequence[Record]) -> list[Record]:
+def labelled_and_boxed(records: Sequence[Record]) -> list[Record]:
     """Records that training and calibration can use: labelled and boxed."""
     return [r for r in records if r.label in ("normal", "distended") and r.box is not None]
 
@@ -159,8 +159,8 @@ def train(records: Sequence[Record], out_dir: str | os.PathLike, settings: Loris
             train_records, valid_records = split_patients(records, settings.valid_fraction, settings.seed)
     else:
         train_records = records
-    train_records = [r for r in usable(train_records) if r.is_normal]
-    valid_records = usable(valid_records)
+    train_records = [r for r in labelled_and_boxed(train_records) if r.is_normal]
+    valid_records = labelled_and_boxed(valid_records)
     valid_normal = [r for r in valid_records if r.is_normal]
     if not train_records:
         raise DataError("no normal image with a box to train on (LoRIS learns from normal images only)")

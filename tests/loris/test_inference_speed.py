@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.data.imageio import read_image, write_png
-from lib.loris.infer import OUTPUT_FILES, LorisPredictor, write_nrrd, write_outputs
+from lib.loris.predictor import OUTPUT_FILES, LorisPredictor, write_nrrd, write_outputs
 from lib.loris.msgms import median_filter3
 from lib.loris.network import InferenceNetwork, build_network
 from lib.loris.postprocess import box_region, clean_mask, segment
@@ -156,7 +156,7 @@ def test_png_at_zlib_level_1_holds_the_same_pixels(tmp_path):
 
 
 def _prediction(h=24, w=32):
-    from lib.loris.infer import Prediction
+    from lib.loris.predictor import Prediction
 
     rng = np.random.default_rng(4)
     mask = np.zeros((h, w), bool)
@@ -192,7 +192,7 @@ def test_a_failed_write_raises_and_leaves_no_result_json(tmp_path):
 
 @pytest.mark.parametrize("failing", ["_write_mask_file", "_write_reconstruction_file"])  # this thread / the worker
 def test_when_one_write_fails_no_file_of_the_run_appears_and_earlier_outputs_stay(tmp_path, monkeypatch, failing):
-    import lib.loris.infer as infer
+    import lib.loris.predictor as infer
 
     out = tmp_path / "out"
     first = write_outputs(_prediction(), out)

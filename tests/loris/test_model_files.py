@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lib.errors import ModelError, NotTrainedError
-from lib.loris.infer import LorisPredictor
+from lib.loris.predictor import LorisPredictor
 from lib.loris.model_files import MODEL_FILE, load_model, read_info, save_checkpoint, save_model
 from lib.loris.network import build_network
 from lib.loris.settings import LorisSettings

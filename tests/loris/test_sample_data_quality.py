@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from lib.data.imageio import read_image, read_mask
 from lib.data.splits import split_train_valid
 from lib.data.synthetic import write_sample_data
-from lib.loris.infer import LorisPredictor
+from lib.loris.predictor import LorisPredictor
 from lib.loris.settings import LorisSettings
 from lib.loris.train import train
 

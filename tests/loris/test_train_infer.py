@@ -15,7 +15,7 @@ from lib.__main__ import main as cli
 from lib.data.imageio import read_image, read_mask
 from lib.errors import DataError, ModelError
 from lib.loris.anomaly import METRICS
-from lib.loris.infer import OUTPUT_FILES, LorisPredictor
+from lib.loris.predictor import OUTPUT_FILES, LorisPredictor
 from lib.pipeline import Pipeline, run_inference
 from lib.loris.model_files import CHECKPOINT_FILE, load_model
 from lib.loris.settings import LorisSettings

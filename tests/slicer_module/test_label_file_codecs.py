@@ -71,7 +71,7 @@ def test_nrrd_reader_reads_sitk_anomaly_map_row_major(tmp_path, compress):
 
 
 def test_nrrd_reader_reads_the_anomaly_map_the_app_writes(tmp_path):
-    from lib.loris.infer import write_nrrd
+    from lib.loris.predictor import write_nrrd
 
     amap = np.random.default_rng(2).random((37, 53)).astype(np.float32)
     path = tmp_path / "anomaly_map.nrrd"
