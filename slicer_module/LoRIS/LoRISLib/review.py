@@ -175,7 +175,7 @@ class ReviewLogic(SceneLogic):
         def edited(caller, event, node=segmentationNode):
             if self._quiet:
                 return
-            frame = node.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+            frame = self.frameOf(node)
             if frame is not None and self.reviewState(frame) != "pending":
                 self.setReviewState(frame, "pending")
 

@@ -429,6 +429,14 @@ class SceneLogic:
         if volumeNode is not None:
             volumeNode.SetAttribute(REVIEW_ATTRIBUTE, state)
 
+    @staticmethod
+    def frameOf(segmentationNode):
+        """The volume whose grid ``segmentationNode`` was last set on (the frame its correction belongs to), or None."""
+        if segmentationNode is None:
+            return None
+        return segmentationNode.GetNodeReference(
+            slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
+
     def hasUnsubmittedWork(self, volumeNode):
         """True when ``volumeNode`` has a LoRIS result or an edited segmentation that was not submitted."""
         return _nodeAlive(volumeNode) and self.reviewState(volumeNode) == "pending"

@@ -97,10 +97,10 @@ class SlicerCore:
         return self.layout.GetLayoutNode()
 
     def close(self):
+        """Detach the logics from the scene (as Slicer does at exit); the objects go with their last reference."""
         self.app.SetSliceLogics(None)
-        for sliceLogic in self._sliceLogics:
-            sliceLogic.SetMRMLScene(None)
-        self.scene.Clear(True)
+        for logic in self._sliceLogics + [self.layout, self.segmentations, self.volumes, self.colors, self.app]:
+            logic.SetMRMLScene(None)
 
 
 @pytest.fixture
