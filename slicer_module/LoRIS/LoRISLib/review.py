@@ -24,7 +24,9 @@ From Slicer's Python console (main thread), start an action and wait::
     logic.wait()
 """
 
+import hashlib
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Optional
@@ -147,13 +149,26 @@ class ReviewLogic(SceneLogic):
 
     @staticmethod
     def _ensureImage(client, source, report):
-        """The datastore id of the image (worker thread): uploads it first when the datastore lacks it."""
+        """The datastore id of the image (worker thread): uploads it first when the datastore lacks it.
+
+        An image without an id is stored as ``<name>-<first 10 hex digits of its SHA-1>``: the
+        same pixels get the same id, so a retry after a cancelled upload (which the server
+        may have finished) finds the image instead of colliding with it, and two different
+        images of the same name do not collide.
+        """
         if source.imageId and client.has_image(source.imageId):
             return source.imageId
-        report("Uploading the image to the datastore")
         if source.path:
-            return client.upload_image(source.path, source.imageId or None)
-        return client.upload_image(source.png, source.imageId or None, filename=_safeName(source.name) + ".png")
+            with open(source.path, "rb") as f:
+                data = f.read()
+            name, ext = os.path.splitext(os.path.basename(source.path))
+        else:
+            data, name, ext = source.png, source.name, ".png"
+        imageId = source.imageId or f"{_safeName(name)}-{hashlib.sha1(data).hexdigest()[:10]}"
+        if not source.imageId and client.has_image(imageId):
+            return imageId
+        report("Uploading the image to the datastore")
+        return client.upload_image(data, imageId, filename=_safeName(name) + ext.lower())
 
     def _source(self, frameNode):
         imageId, path, png = self.uploadSource(frameNode)
