@@ -7,6 +7,11 @@ a timeout and a status check; every failure -- server down, timeout, HTTP
 :class:`LoRISClientError`, carrying the HTTP status (None when no answer
 came) and the server's own message (FastAPI's ``detail``).
 
+An optional API token goes out as ``Authorization: Bearer <token>`` on every
+request; the system proxy is never used (a LAN server stays reachable behind a
+hospital's internet proxy); :meth:`LoRISClient.cancel` ends a waiting call from
+another thread; ``forbid_thread`` makes a call on Slicer's GUI thread an error.
+
 Endpoints (monailabel 0.8.5):
 
 ========================================  =====================================

@@ -2,9 +2,12 @@
 
 The app's REST contract (see ``slicer_module/README.md``):
 
-- ``/infer/loris`` params: ``score``, ``distended``, ``threshold``,
-  ``pixel_threshold``, ``metric``, ``box``, ``box_source`` ("request" |
-  "detector"), ``detector_confidence``.
+- ``/infer/loris`` and ``/infer/loris_anomaly_map`` params: ``score``,
+  ``distended``, ``threshold``, ``pixel_threshold``, ``metric``, ``box``,
+  ``box_source`` ("request" | "detector"), ``detector_confidence``,
+  ``image_size``, ``model_version`` and, when the server sends it,
+  ``display_range``; ``loris_anomaly_map`` adds ``mask_png_base64`` (the
+  segmentation) to its NRRD map file: one request per "Run LoRIS".
 - ``/infer/recess_detection`` params: ``box`` (or null), ``confidence``, ``found``.
 - ``GET /train/``: MONAI Label's task record ``{"id", "status", "request",
   "start_ts", "end_ts", "details": [log lines]}``.
