@@ -134,7 +134,7 @@ class LoRISWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer = None
         self._trainTimer = None
         self._shortcuts = []
-        self._lastDetectionFound = True
+        self._observedRoi = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -237,6 +237,7 @@ class LoRISWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.logic.cancel()
+        self._observeRoi(None)
         self.ui.segmentEditorWidget.setSegmentationNode(None)
         self.ui.segmentEditorWidget.removeViewObservations()
         self.setParameterNode(None)
@@ -306,6 +307,7 @@ class LoRISWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.imageId = volumeImageId  # re-enters _updateGUI once, then the ids agree
             return
         self.ui.roiPlaceWidget.setCurrentNode(p.roiNode)
+        self._observeRoi(p.roiNode)
         if p.segmentationNode is not None:
             self.ui.segmentEditorWidget.setSegmentationNode(p.segmentationNode)
         if volume is not None:
@@ -318,6 +320,28 @@ class LoRISWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 low=low, high=high)
         else:
             self.ui.mapRangeLabel.text = ""
+        self._updateButtons()
+
+    ROI_EVENTS = (
+        slicer.vtkMRMLMarkupsNode.PointAddedEvent,
+        slicer.vtkMRMLMarkupsNode.PointRemovedEvent,
+        slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent,
+        slicer.vtkMRMLMarkupsNode.PointModifiedEvent,
+    )
+
+    def _observeRoi(self, roiNode) -> None:
+        """Submit is enabled once a box is placed: follow the ROI's control point (placed, moved, removed)."""
+        if roiNode is self._observedRoi:
+            return
+        if self._observedRoi is not None:
+            for event in self.ROI_EVENTS:
+                self.removeObserver(self._observedRoi, event, self._onRoiChanged)
+        self._observedRoi = roiNode
+        if roiNode is not None:
+            for event in self.ROI_EVENTS:
+                self.addObserver(roiNode, event, self._onRoiChanged)
+
+    def _onRoiChanged(self, caller=None, event=None) -> None:
         self._updateButtons()
 
     def _result(self):
@@ -639,8 +663,8 @@ class LoRISLogic(ScriptedLoadableModuleLogic, ReviewLogic):
     """All the work, no widgets: usable from the Python console and the self-test (see ``LoRISLib.review``)."""
 
     def __init__(self) -> None:
-        ScriptedLoadableModuleLogic.__init__(self)
-        ReviewLogic.__init__(self)
+        ScriptedLoadableModuleLogic.__init__(self)  # its super().__init__() also reaches ReviewLogic.__init__
+        ReviewLogic.__init__(self)  # explicit, in case a Slicer version does not chain: only sets up idle workers
 
     def getParameterNode(self):
         return LoRISParameterNode(super().getParameterNode())
