@@ -511,31 +511,29 @@ class LoRISWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
         if not path:
             return
-        p = self._parameterNode
-        try:
-            frame = self.logic.loadFrame(path, role="frame")  # opened here: removed when the next frame starts
-            roi, segmentation = self.logic.startFrame(frame, self._previousFrame(), p.roiNode, p.segmentationNode,
-                                                      p.anomalyMapVolume)
-        except ValueError as exc:
-            slicer.util.errorDisplay(str(exc))
-            return
-        self._useFrame(frame, roi, segmentation)
-        self._setStatus(_("Loaded {name}.").format(name=os.path.basename(path)))
+        # opened here: removed when the next frame starts
+        if self._reviewFrame(lambda: self.logic.loadFrame(path, role="frame")):
+            self._setStatus(_("Loaded {name}.").format(name=os.path.basename(path)))
 
     def onUseLoadedImage(self) -> None:
         """Review the selected volume: shown alone, with an empty box and segmentation (uploaded when first needed)."""
         p = self._parameterNode
         if self.logic.busy or p.inputVolume is None or not self._confirmDropping():
             return
+        self._reviewFrame(lambda: self.logic.ensureScalarVolume(p.inputVolume))
+
+    def _reviewFrame(self, makeFrame) -> bool:
+        """Make ``makeFrame()``'s volume the frame under review (no server call); False, with a message, on bad input."""
+        p = self._parameterNode
         try:
-            frame = self.logic.ensureScalarVolume(p.inputVolume)
-            self.logic.imageGeometry(frame)
+            frame = makeFrame()
             roi, segmentation = self.logic.startFrame(frame, self._previousFrame(), p.roiNode, p.segmentationNode,
                                                       p.anomalyMapVolume)
         except ValueError as exc:
             slicer.util.errorDisplay(str(exc))
-            return
+            return False
         self._useFrame(frame, roi, segmentation)
+        return True
 
     def onDetectRecess(self) -> None:
         p = self._parameterNode

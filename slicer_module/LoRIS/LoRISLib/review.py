@@ -216,7 +216,11 @@ class ReviewLogic(SceneLogic):
         The previous frame is removed when the module downloaded it (role "frame"; a volume
         the user loaded stays), and so is the previous anomaly map. Returns ``(roiNode,
         segmentationNode)``, created when None.
+
+        Raises:
+            ValueError: ``frameNode`` is not a single 2D frame (nothing is changed then).
         """
+        self.imageGeometry(frameNode)
         if mapNode is not None:
             self.removeNodes(mapNode)
         if previousFrame is not None and previousFrame is not frameNode and self.role(previousFrame) == "frame":

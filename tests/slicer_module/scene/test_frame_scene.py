@@ -360,3 +360,13 @@ def test_upload_sends_the_original_file_or_the_pixels_as_png(logic, tmp_path):
         scaled = np.asarray(image).astype(int)
     low, high = frame.min(), frame.max()
     assert np.abs(scaled - np.round((frame.astype(float) - low) * 255.0 / (high - low))).max() <= 1
+
+
+def test_a_volume_that_is_not_one_frame_is_refused_before_anything_changes(logic, tmp_path):
+    first, _ = _png_frame(logic, tmp_path, "first")
+    roi, segmentation = logic.startFrame(first)
+    stack = slicer.util.addVolumeFromArray(np.zeros((3, HEIGHT, WIDTH), np.uint8), name="stack")
+    nodes = slicer.mrmlScene.GetNumberOfNodes()
+    with pytest.raises(ValueError, match="has 3 slices"):
+        logic.startFrame(stack, first, roi, segmentation)
+    assert slicer.mrmlScene.GetNumberOfNodes() == nodes and first.GetScene() is not None
