@@ -151,7 +151,7 @@ class ReviewLogic(SceneLogic):
     def _ensureImage(client, source, report):
         """The datastore id of the image (worker thread): uploads it first when the datastore lacks it.
 
-        An image without an id is stored as ``<name>-<first 10 hex digits of its SHA-1>``: the
+        An image without an id is stored as ``<name>-<first 10 hex digits of its SHA-256>``: the
         same pixels get the same id, so a retry after a cancelled upload (which the server
         may have finished) finds the image instead of colliding with it, and two different
         images of the same name do not collide.
@@ -164,7 +164,7 @@ class ReviewLogic(SceneLogic):
             name, ext = os.path.splitext(os.path.basename(source.path))
         else:
             data, name, ext = source.png, source.name, ".png"
-        imageId = source.imageId or f"{_safeName(name)}-{hashlib.sha1(data).hexdigest()[:10]}"
+        imageId = source.imageId or f"{_safeName(name)}-{hashlib.sha256(data).hexdigest()[:10]}"
         if not source.imageId and client.has_image(imageId):
             return imageId
         report("Uploading the image to the datastore")
@@ -183,9 +183,14 @@ class ReviewLogic(SceneLogic):
 
     def watchSegmentation(self, segmentationNode):
         """Mark the frame of ``segmentationNode`` "pending" whenever its segment is edited (painting, erasing, ...)."""
-        if segmentationNode is None or segmentationNode.GetID() in self._watched:
+        if segmentationNode is None:
             return
         segmentation = segmentationNode.GetSegmentation()
+        watched = self._watched.get(segmentationNode.GetID())
+        if watched is not None:
+            if watched[0] is segmentation:
+                return
+            watched[0].RemoveObserver(watched[1])  # a node of a closed scene had this id
 
         def edited(caller, event, node=segmentationNode):
             if self._quiet:
