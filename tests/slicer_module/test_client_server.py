@@ -12,9 +12,10 @@ import time
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from PIL import Image
 
-from LoRISLib import geometry, nrrdfile, pngfile, results
+from LoRISLib import geometry, results
 from LoRISLib.client import MODELS, STRATEGIES, TRAINERS, LoRISClient, LoRISClientError
 
 pytestmark = pytest.mark.server
@@ -56,25 +57,39 @@ def test_loris_with_box_gives_result_and_mask_on_the_image_grid(client, server):
     result = results.parse_loris_result(response.params)
     assert result.box == box and result.box_source == "request"
     assert result.distended == (result.score >= result.threshold)
-    mask = pngfile.decode(response.label)
-    assert (mask.width, mask.height) == (width, height)
-    values = np.array(mask.first_channel()).reshape(height, width)
+    with Image.open(io.BytesIO(response.label)) as image:
+        assert image.size == (width, height)
+        values = np.asarray(image)
     assert set(np.unique(values)) <= {0, 1}
     outside = values.copy()
     outside[box[1]:box[3], box[0]:box[2]] = 0
     assert not outside.any()
 
 
-def test_anomaly_map_decodes_to_float_map_on_the_image_grid(client, server):
+def test_one_anomaly_map_request_gives_map_segmentation_and_result(client, server, tmp_path):
     width, height = _image_size(server, server.sample_image_id)
     box = [10, 8, 60, 40]
     response = client.infer("loris_anomaly_map", server.sample_image_id, {"box": box})
     assert response.label_name.endswith(".nrrd")
-    amap = nrrdfile.decode(response.label)
-    assert (amap.width, amap.height) == (width, height) and amap.dtype.endswith("f4")
-    values = np.frombuffer(amap.data, dtype=amap.dtype)
-    assert np.isfinite(values).all()
-    assert results.parse_loris_result(response.params).box == box
+    answer = results.parse_loris_answer(response.params, response.label)
+    assert answer.result.box == box and answer.result.image_size == [width, height]
+    low, high = results.map_display_range(answer.result)
+    assert low < high
+    path = tmp_path / "map.nrrd"
+    path.write_bytes(answer.anomaly_map)
+    amap = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    assert amap.dtype == np.float32 and amap.reshape(height, width).shape == (height, width)
+    assert np.isfinite(amap).all()
+    # the segmentation in the same answer is the one `loris` gives for the same box
+    with Image.open(io.BytesIO(answer.mask_png)) as image:
+        mask = np.asarray(image)
+    with Image.open(io.BytesIO(client.infer("loris", server.sample_image_id, {"box": box}).label)) as image:
+        assert np.array_equal(mask, np.asarray(image))
+
+
+def test_a_server_without_tokens_accepts_requests_that_carry_one(server):
+    token_client = LoRISClient(server.url, token="a-token", timeout=60)
+    assert token_client.check_models() == []
 
 
 def test_detect_recess_box_converts_to_an_roi_and_back(client, server):
@@ -97,7 +112,9 @@ def test_submitted_correction_is_stored_pixel_for_pixel_with_class_and_box(clien
     mask = np.zeros((height, width), np.uint8)
     mask[5:12, 70:90] = 1  # top right: catches transposition and flips
     box = [60, 2, 92, 20]
-    png = pngfile.encode_gray8(mask.tobytes(), width, height)
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, format="PNG")
+    png = buffer.getvalue()
     client.save_label(image_id, png, {"label": "distended", "box": box}, tag="final")
 
     with Image.open(server.datastore / "labels" / "final" / f"{image_id}.png") as img:

@@ -7,22 +7,31 @@ the error handling are checked against the real parsers and producers.
 The app itself is exercised in ``test_client_server.py``.
 """
 
+import io
 import json
 import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 import uvicorn
-from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import Response
+from PIL import Image
 from requests_toolbelt import MultipartEncoder
 
 from LoRISLib import client as client_mod
-from LoRISLib import pngfile
-from LoRISLib.client import LoRISClient, LoRISClientError, decode_multipart, encode_multipart
+from LoRISLib.client import LoRISCancelled, LoRISClient, LoRISClientError, decode_multipart, encode_multipart
 
-MASK_PNG = pngfile.encode_gray8(bytes([0, 1, 1, 0, 0, 1]), 3, 2)
+
+def _png(mask):
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(mask, np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+MASK_PNG = _png([[0, 1, 1], [0, 0, 1]])
 RECEIVED = {}
 
 
@@ -65,6 +74,10 @@ def _app():
     def slow():
         time.sleep(1.5)
         return {}
+
+    @app.get("/headers")
+    def headers(request: Request):
+        return {"authorization": request.headers.get("authorization")}
 
     @app.get("/validated")
     def validated(n: int):
@@ -182,3 +195,60 @@ def test_default_url_and_names_match_the_contract():
     assert client_mod.DEFAULT_URL == "http://127.0.0.1:8000"
     assert client_mod.STRATEGIES == ("loris_most_anomalous", "loris_uncertain", "random")
     assert set(client_mod.TRAINERS) <= set(client_mod.MODELS)
+
+
+def test_token_is_sent_as_a_bearer_header_and_never_shown(fake_url):
+    assert LoRISClient(fake_url)._json("GET", "/headers") == {"authorization": None}
+    client = LoRISClient(fake_url, token=" s3cret-token ")
+    assert client._json("GET", "/headers") == {"authorization": "Bearer s3cret-token"}
+    assert "s3cret" not in repr(client)
+    with pytest.raises(LoRISClientError) as err:
+        client.infer("missing", "img1")
+    assert "s3cret" not in str(err.value)
+
+
+def test_system_proxy_is_not_used_for_the_server(fake_url, monkeypatch):
+    dead_proxy = f"http://127.0.0.1:{_free_port()}"
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, dead_proxy)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.URLError):  # what a plain urlopen does with such a proxy setting
+        urllib.request.urlopen(f"{fake_url}/info/", timeout=5)
+    assert LoRISClient(fake_url).info()["name"] == "test"
+
+
+def test_cancel_from_another_thread_ends_a_waiting_call_at_once(fake_url):
+    client = LoRISClient(fake_url, timeout=30)
+    errors = []
+
+    def call():
+        try:
+            client._json("GET", "/slow")
+        except LoRISClientError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=call)
+    start = time.time()
+    thread.start()
+    time.sleep(0.3)  # the request is out, the server sleeps 1.5 s
+    client.cancel()
+    thread.join(5)
+    assert not thread.is_alive() and time.time() - start < 1.2
+    assert len(errors) == 1 and isinstance(errors[0], LoRISCancelled) and "cancelled" in errors[0].message
+    with pytest.raises(LoRISCancelled):
+        client.info()  # a cancelled client makes no more requests
+
+
+def test_client_refuses_to_block_the_thread_it_is_told_to_spare(fake_url):
+    client = LoRISClient(fake_url, forbid_thread=threading.main_thread())
+    with pytest.raises(RuntimeError, match="GUI thread"):
+        client.info()
+    answers = []
+    worker = threading.Thread(target=lambda: answers.append(client.info()))
+    worker.start()
+    worker.join(10)
+    assert answers and answers[0]["name"] == "test"

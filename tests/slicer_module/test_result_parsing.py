@@ -1,5 +1,7 @@
 """Parsing the app's JSON answers into typed results."""
 
+import base64
+
 import pytest
 
 from LoRISLib import results
@@ -83,3 +85,55 @@ def test_train_status_reads_monailabel_task_record_and_latest_epoch():
 def test_format_result_shows_decision_score_threshold_and_box_source():
     text = results.format_result(results.parse_loris_result(LORIS_PARAMS))
     assert "DISTENDED" in text and "0.42" in text and "threshold 0.3" in text and "detected recess" in text
+
+
+def test_colour_range_is_the_servers_display_range_else_from_the_pixel_threshold():
+    with_range = results.parse_loris_result({**LORIS_PARAMS, "display_range": [0.12, 0.5]})
+    assert with_range.display_range == [0.12, 0.5] and results.map_display_range(with_range) == (0.12, 0.5)
+    assert "display_range" not in with_range.extra
+    without = results.parse_loris_result(LORIS_PARAMS)
+    assert results.map_display_range(without) == (0.12, 0.24)  # [pixel_threshold, 2 * pixel_threshold]
+    bare = {k: LORIS_PARAMS[k] for k in ("score", "distended", "threshold", "box")}
+    with pytest.raises(results.ResultError, match="display_range.*pixel_threshold"):
+        results.map_display_range(results.parse_loris_result(bare))
+
+
+@pytest.mark.parametrize("bad", [[0.5], [0.5, 0.2], ["a", 1.0], 3.0])
+def test_bad_display_range_is_named(bad):
+    with pytest.raises(results.ResultError, match="display_range"):
+        results.parse_loris_result({**LORIS_PARAMS, "display_range": bad})
+
+
+def test_map_answer_carries_map_mask_and_result():
+    png = b"\x89PNG\r\n\x1a\n" + b"rest"
+    params = {**LORIS_PARAMS, "image_size": [96, 64], "model_version": "3",
+              "mask_png_base64": base64.b64encode(png).decode()}
+    answer = results.parse_loris_answer(params, b"NRRD0004...")
+    assert answer.mask_png == png and answer.anomaly_map == b"NRRD0004..."
+    assert answer.result.image_size == [96, 64] and answer.result.model_version == "3"
+    assert "mask_png_base64" not in answer.params and answer.params["score"] == 0.42
+    with pytest.raises(results.ResultError, match="mask_png_base64"):
+        results.parse_loris_answer(LORIS_PARAMS, b"NRRD")
+    with pytest.raises(results.ResultError, match="not base64"):
+        results.parse_loris_answer({**LORIS_PARAMS, "mask_png_base64": "%%%"}, b"NRRD")
+    with pytest.raises(results.ResultError, match="does not hold a PNG"):
+        results.parse_loris_answer({**LORIS_PARAMS, "mask_png_base64": base64.b64encode(b"GIF").decode()}, b"N")
+    with pytest.raises(results.ResultError, match="no anomaly map file"):
+        results.parse_loris_answer(params, None)
+    with pytest.raises(results.ResultError, match="image_size"):
+        results.parse_loris_result({**LORIS_PARAMS, "image_size": [96]})
+
+
+def test_epochs_are_read_from_the_trainers_log_lines():
+    task = {"status": "RUNNING", "request": {"model": "loris", "max_epochs": 40},
+            "details": ["loris: {'epoch': 2, 'max_epochs': 30, 'train_loss': 0.5}",
+                        "LoRIS train:  10%|#  | 3/30 [00:05<00:45]"]}
+    status = results.parse_train_status(task)
+    assert (status.epoch, status.max_epochs) == (2, 30) and status.progress() == (2, 30)
+    detector = results.parse_train_status({"status": "RUNNING", "request": {"model": "recess_detection",
+                                                                            "max_epochs": 12},
+                                           "details": ["recess_detection: {'epoch': 4, 'loss': 1.2}"]})
+    assert (detector.epoch, detector.max_epochs) == (4, 12)  # the count from the request
+    done = results.parse_train_status({"status": "DONE", "request": {"max_epochs": 5}, "details": []})
+    assert done.progress() == (5, 5)
+    assert results.parse_train_status({"status": "RUNNING", "request": {}}).progress() is None

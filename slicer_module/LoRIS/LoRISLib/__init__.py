@@ -1,11 +1,17 @@
-"""Slicer-free code of the LoRIS Slicer module.
+"""The LoRIS module's code that needs no Qt.
 
-Standard library only (3D Slicer's Python guarantees nothing else), so every
-module here runs and is tested outside Slicer:
+Standard library only (3D Slicer's Python guarantees nothing else), tested in the
+server's environment:
 
-- ``client``: HTTP client of the LoRIS MONAI Label app (urllib, multipart).
+- ``client``: HTTP client of the LoRIS MONAI Label app (urllib, multipart, API token,
+  no system proxy, cancellable).
 - ``geometry``: image pixel box <-> markups ROI center/size in RAS.
 - ``results``: typed results parsed from the app's JSON answers.
-- ``pngfile``: minimal PNG encoder/decoder for label masks.
-- ``nrrdfile``: minimal NRRD reader for the float anomaly map.
+- ``worker``: server calls on a background thread, results handed to the main thread.
+
+MRML, VTK and numpy (what Slicer's core libraries provide), tested on the
+``slicer-core`` wheel:
+
+- ``scene``: frames, box, segmentation, anomaly map and views in Slicer's scene.
+- ``review``: the module's actions: scene inputs, HTTP on the worker, answers applied to the scene.
 """

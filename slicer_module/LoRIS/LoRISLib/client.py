@@ -7,6 +7,11 @@ a timeout and a status check; every failure -- server down, timeout, HTTP
 :class:`LoRISClientError`, carrying the HTTP status (None when no answer
 came) and the server's own message (FastAPI's ``detail``).
 
+An optional API token goes out as ``Authorization: Bearer <token>`` on every
+request; the system proxy is never used (a LAN server stays reachable behind a
+hospital's internet proxy); :meth:`LoRISClient.cancel` ends a waiting call from
+another thread; ``forbid_thread`` makes a call on Slicer's GUI thread an error.
+
 Endpoints (monailabel 0.8.5):
 
 ========================================  =====================================
@@ -24,11 +29,15 @@ Endpoints (monailabel 0.8.5):
 ========================================  =====================================
 """
 
+import http.client
 import json
 import mimetypes
 import os
 import socket
+import ssl
+import threading
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 from urllib import error as urlerror
@@ -37,6 +46,7 @@ from urllib import request as urlrequest
 
 __all__ = [
     "LoRISClientError",
+    "LoRISCancelled",
     "InferResponse",
     "LoRISClient",
     "encode_multipart",
@@ -202,51 +212,152 @@ def _message_from_body(body, content_type):
     return text or "(empty answer)"
 
 
+class LoRISCancelled(LoRISClientError):
+    """The request was cancelled by :meth:`LoRISClient.cancel` (the user pressed Cancel)."""
+
+    def __init__(self, where):
+        super().__init__(None, f"{where}: cancelled")
+
+
+class _TrackedHTTPHandler(urlrequest.HTTPHandler):
+    """urllib's HTTP handler, remembering each connection it opens so that another thread can close it."""
+
+    def __init__(self, client):
+        super().__init__()
+        self._client = client
+
+    def http_open(self, req):
+        return self.do_open(self._client._tracked(http.client.HTTPConnection), req)
+
+
+class _TrackedHTTPSHandler(urlrequest.HTTPSHandler):
+    """urllib's HTTPS handler (default certificate checks), remembering its connections like the HTTP one."""
+
+    def __init__(self, client):
+        super().__init__(context=ssl.create_default_context())
+        self._client = client
+
+    def https_open(self, req):
+        return self.do_open(self._client._tracked(http.client.HTTPSConnection), req, context=self._context)
+
+
 class LoRISClient:
     """Client of one LoRIS MONAI Label server.
 
     Args:
         url: server base URL, e.g. ``http://127.0.0.1:8000``.
+        token: API token; when set, every request carries ``Authorization: Bearer <token>``
+            (what MONAI Label's own client sends). Never logged, never part of an error message.
         timeout: seconds for quick calls (info, datastore, status, uploads).
         infer_timeout: seconds for inference and active-learning calls (models may load on first use).
+        forbid_thread: a thread (e.g. ``threading.main_thread()``, Slicer's GUI thread) on which
+            every request raises RuntimeError instead of blocking it; None allows any thread.
+        on_request: called as ``on_request(method, path)`` before each request (logging, counting).
+
+    The system's proxy settings (``http_proxy`` and the like) are not used: the server is
+    reached directly, as a LAN server must be on a hospital PC whose proxy is for the internet.
+    :meth:`cancel` (from any thread) closes the connections in flight; the blocked call then
+    raises :class:`LoRISCancelled` and every later call too.
     """
 
-    def __init__(self, url=DEFAULT_URL, timeout=30.0, infer_timeout=600.0):
+    def __init__(self, url=DEFAULT_URL, token=None, timeout=30.0, infer_timeout=300.0, forbid_thread=None,
+                 on_request=None):
         url = (url or "").strip().rstrip("/")
         parsed = urlparse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise LoRISClientError(None, f"server URL must look like http://host:port, got {url!r}")
         self.url = url
+        self._token = (token or "").strip()
         self.timeout = float(timeout)
         self.infer_timeout = float(infer_timeout)
+        self.forbid_thread = forbid_thread
+        self.on_request = on_request
+        self._lock = threading.Lock()
+        self._connections = weakref.WeakSet()
+        self._cancelled = False
+        # ProxyHandler({}): no proxy, whatever the environment says
+        self._opener = urlrequest.build_opener(
+            urlrequest.ProxyHandler({}), _TrackedHTTPHandler(self), _TrackedHTTPSHandler(self)
+        )
+
+    def __repr__(self):
+        return f"LoRISClient({self.url!r}, token={'set' if self._token else 'none'})"
+
+    @property
+    def has_token(self):
+        return bool(self._token)
 
     # ---------------------------------------------------------------- transport
 
+    def _tracked(self, connection_class):
+        def connect(host, **kwargs):
+            connection = connection_class(host, **kwargs)
+            with self._lock:
+                if self._cancelled:
+                    raise LoRISCancelled("connect")
+                self._connections.add(connection)
+            return connection
+
+        return connect
+
+    def cancel(self):
+        """Abort the requests in flight (from any thread) and refuse new ones."""
+        with self._lock:
+            self._cancelled = True
+            connections = list(self._connections)
+        for connection in connections:
+            sock = connection.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in recv()
+                except OSError:
+                    pass
+            connection.close()
+
+    @property
+    def cancelled(self):
+        return self._cancelled
+
     def _request(self, method, path, query=None, body=None, content_type=None, timeout=None):
         """Send one request; return ``(status, headers, body_bytes)`` for 2xx, raise LoRISClientError otherwise."""
+        where = f"{method} {path}"
+        if self.forbid_thread is not None and threading.current_thread() is self.forbid_thread:
+            raise RuntimeError(f"{where}: server call on the GUI thread; run it through the worker")
+        if self._cancelled:
+            raise LoRISCancelled(where)
+        if self.on_request is not None:
+            self.on_request(method, path)
         url = self.url + path
         if query:
             url += "?" + urlparse.urlencode({k: v for k, v in query.items() if v is not None})
         headers = {"Accept": "application/json, multipart/form-data, */*"}
         if content_type:
             headers["Content-Type"] = content_type
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
         req = urlrequest.Request(url, data=body, method=method, headers=headers)
-        where = f"{method} {path}"
+        seconds = timeout or self.timeout
         try:
-            with urlrequest.urlopen(req, timeout=timeout or self.timeout) as resp:
+            with self._opener.open(req, timeout=seconds) as resp:
                 return resp.status, resp.headers, resp.read()
+        except LoRISCancelled:
+            raise
         except urlerror.HTTPError as exc:
             data = exc.read() if exc.fp is not None else b""
             raise LoRISClientError(exc.code, _message_from_body(data, exc.headers.get("Content-Type"))) from exc
-        except urlerror.URLError as exc:
-            reason = exc.reason
+        except Exception as exc:
+            if self._cancelled:
+                raise LoRISCancelled(where) from exc
+            reason = exc.reason if isinstance(exc, urlerror.URLError) else exc
+            if isinstance(reason, LoRISCancelled):
+                raise reason from exc
             if isinstance(reason, (socket.timeout, TimeoutError)):
-                raise LoRISClientError(None, f"{where}: no answer from {self.url} within {timeout or self.timeout:.0f} s") from exc
-            raise LoRISClientError(None, f"cannot reach the server at {self.url} ({reason}); is it running?") from exc
-        except (socket.timeout, TimeoutError) as exc:
-            raise LoRISClientError(None, f"{where}: no answer from {self.url} within {timeout or self.timeout:.0f} s") from exc
-        except (ConnectionError, OSError) as exc:
-            raise LoRISClientError(None, f"{where}: connection to {self.url} failed ({exc})") from exc
+                raise LoRISClientError(None, f"{where}: no answer from {self.url} within {seconds:.0f} s") from exc
+            if isinstance(exc, urlerror.URLError):
+                raise LoRISClientError(None, f"cannot reach the server at {self.url} ({reason}); is it running?") from exc
+            if isinstance(exc, (OSError, http.client.HTTPException)):
+                raise LoRISClientError(None, f"{where}: connection to {self.url} failed ({exc})") from exc
+            raise
 
     def _json(self, method, path, query=None, payload=None, timeout=None):
         body = None if payload is None else json.dumps(payload).encode("utf-8")
@@ -290,17 +401,21 @@ class LoRISClient:
             raise
         return True
 
-    def upload_image(self, path, image_id=None, params=None):
-        """Upload an image file; returns the id the datastore gave it.
+    def upload_image(self, image, image_id=None, params=None, filename="image.png"):
+        """Upload an image; returns the id the datastore gave it.
 
         Args:
-            path: local PNG/JPEG/DICOM file.
+            image: a local PNG/JPEG/DICOM file (path), or the bytes of one (named ``filename``).
             image_id: id to store it under (default: the file name without extension).
             params: image info to store with it, e.g. ``{"patient_id": "p1"}``.
+            filename: the name sent with bytes; its extension tells the server the format.
         """
-        with open(path, "rb") as f:
-            data = f.read()
-        name = os.path.basename(path)
+        if isinstance(image, (str, os.PathLike)):
+            name = os.path.basename(image)
+            with open(image, "rb") as f:
+                data = f.read()
+        else:
+            name, data = filename, bytes(image)
         mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
         content_type, body = encode_multipart(
             [("params", json.dumps(params or {}), None, None), ("file", data, name, mime)]

@@ -2,9 +2,12 @@
 
 The app's REST contract (see ``slicer_module/README.md``):
 
-- ``/infer/loris`` params: ``score``, ``distended``, ``threshold``,
-  ``pixel_threshold``, ``metric``, ``box``, ``box_source`` ("request" |
-  "detector"), ``detector_confidence``.
+- ``/infer/loris`` and ``/infer/loris_anomaly_map`` params: ``score``,
+  ``distended``, ``threshold``, ``pixel_threshold``, ``metric``, ``box``,
+  ``box_source`` ("request" | "detector"), ``detector_confidence``,
+  ``image_size``, ``model_version`` and, when the server sends it,
+  ``display_range``; ``loris_anomaly_map`` adds ``mask_png_base64`` (the
+  segmentation) to its NRRD map file: one request per "Run LoRIS".
 - ``/infer/recess_detection`` params: ``box`` (or null), ``confidence``, ``found``.
 - ``GET /train/``: MONAI Label's task record ``{"id", "status", "request",
   "start_ts", "end_ts", "details": [log lines]}``.
@@ -13,6 +16,8 @@ Parsing is strict where the module depends on a value (a missing ``score``
 is an error naming the field) and lenient for optional extras.
 """
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -24,6 +29,9 @@ __all__ = [
     "TrainStatus",
     "parse_box",
     "parse_loris_result",
+    "map_display_range",
+    "LorisAnswer",
+    "parse_loris_answer",
     "parse_detection",
     "parse_train_status",
     "format_result",
@@ -79,6 +87,11 @@ class LorisResult:
     pixel_threshold: anomaly-map value above which a pixel belongs to the segmentation.
     box: the box the score was computed in, pixels ``[x_min, y_min, x_max, y_max]``.
     box_source: "request" (the user's box) or "detector" (``recess_detection`` ran first).
+    image_size: ``[width, height]`` of the image in pixels, as the server read it.
+    model_version: the version of the LoRIS model that answered.
+    display_range: ``[low, high]`` anomaly-map values for the colour window, the same for every
+        image of one model and metric (``low`` = the calibrated pixel threshold); None from a
+        server that does not send it (see :func:`map_display_range`).
     """
 
     score: float
@@ -89,6 +102,9 @@ class LorisResult:
     pixel_threshold: Optional[float] = None
     metric: Optional[str] = None
     detector_confidence: Optional[float] = None
+    image_size: Optional[List[int]] = None
+    model_version: Optional[str] = None
+    display_range: Optional[List[float]] = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -131,6 +147,16 @@ class TrainStatus:
     def last_line(self):
         return self.details[-1] if self.details else ""
 
+    def progress(self):
+        """``(done, total)`` epochs for a progress bar, or None when the log names no epoch count yet."""
+        if self.max_epochs is None or self.max_epochs <= 0:
+            return None
+        if self.status == "DONE":
+            return self.max_epochs, self.max_epochs
+        if self.epoch is None:
+            return 0, self.max_epochs
+        return min(max(self.epoch, 0), self.max_epochs), self.max_epochs
+
     def summary(self):
         """One line for the panel, e.g. ``loris: RUNNING, epoch 3/10``."""
         text = f"{self.model or 'training'}: {self.status}"
@@ -151,8 +177,23 @@ def parse_loris_result(params):
     box_source = params.get("box_source", "request")
     if box_source not in BOX_SOURCES:
         raise ResultError(f"{where}: field 'box_source' must be one of {BOX_SOURCES}, got {box_source!r}")
-    known = {"score", "distended", "threshold", "box", "box_source", "pixel_threshold", "metric", "detector_confidence"}
+    known = {"score", "distended", "threshold", "box", "box_source", "pixel_threshold", "metric", "detector_confidence",
+             "image_size", "model_version", "display_range"}
     metric = params.get("metric")
+    image_size = params.get("image_size")
+    if image_size is not None and (
+        not isinstance(image_size, (list, tuple)) or len(image_size) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in image_size)
+    ):
+        raise ResultError(f"{where}: field 'image_size' must be [width, height] in pixels, got {image_size!r}")
+    display_range = params.get("display_range")
+    if display_range is not None:
+        if not isinstance(display_range, (list, tuple)) or len(display_range) != 2:
+            raise ResultError(f"{where}: field 'display_range' must be [low, high], got {display_range!r}")
+        display_range = [_number(v, "display_range", where) for v in display_range]
+        if not display_range[0] < display_range[1]:
+            raise ResultError(f"{where}: field 'display_range' must have low < high, got {display_range!r}")
+    model_version = params.get("model_version")
     return LorisResult(
         score=score,
         distended=distended,
@@ -162,8 +203,61 @@ def parse_loris_result(params):
         pixel_threshold=_optional_number(params.get("pixel_threshold"), "pixel_threshold", where),
         metric=None if metric is None else str(metric),
         detector_confidence=_optional_number(params.get("detector_confidence"), "detector_confidence", where),
+        image_size=None if image_size is None else [int(v) for v in image_size],
+        model_version=None if model_version is None else str(model_version),
+        display_range=display_range,
         extra={k: v for k, v in params.items() if k not in known},
     )
+
+
+def map_display_range(result):
+    """``(low, high)``: the anomaly-map values the map's colours run between.
+
+    The server's ``display_range`` (fixed per model and metric, so a colour means the same
+    value on every image); from a server that does not send it, ``[pixel_threshold,
+    2 * pixel_threshold]``. Values below ``low`` are not coloured, values above ``high`` get
+    the top colour.
+    """
+    if result.display_range is not None:
+        return float(result.display_range[0]), float(result.display_range[1])
+    if result.pixel_threshold is None:
+        raise ResultError("loris result: neither 'display_range' nor 'pixel_threshold' was sent; cannot colour the map")
+    low = float(result.pixel_threshold)
+    return low, (2.0 * low if low > 0 else low + 1.0)
+
+
+@dataclass
+class LorisAnswer:
+    """One "Run LoRIS": the answer of ``POST /infer/loris_anomaly_map``.
+
+    result: score, decision, box, ... (:class:`LorisResult`).
+    anomaly_map: the float32 anomaly map as the server sent it (NRRD file bytes, the image's grid).
+    mask_png: the segmentation as a 0/1 PNG (file bytes, the image's grid), from ``mask_png_base64``.
+    params: the answer's JSON params without the base64 segmentation.
+    """
+
+    result: LorisResult
+    anomaly_map: bytes
+    mask_png: bytes
+    params: dict
+
+
+def parse_loris_answer(params, map_file):
+    """The params and file of a ``loris_anomaly_map`` answer -> :class:`LorisAnswer`; ResultError names what is missing."""
+    where = "loris_anomaly_map answer"
+    if not map_file:
+        raise ResultError(f"{where}: no anomaly map file")
+    encoded = _require(params, "mask_png_base64", where)
+    if not isinstance(encoded, str):
+        raise ResultError(f"{where}: field 'mask_png_base64' must be a base64 string")
+    try:
+        mask_png = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ResultError(f"{where}: field 'mask_png_base64' is not base64 ({exc})") from None
+    if not mask_png.startswith(b"\x89PNG\r\n\x1a\n"):
+        raise ResultError(f"{where}: field 'mask_png_base64' does not hold a PNG")
+    rest = {k: v for k, v in params.items() if k != "mask_png_base64"}
+    return LorisAnswer(result=parse_loris_result(rest), anomaly_map=bytes(map_file), mask_png=mask_png, params=rest)
 
 
 def parse_detection(params):
@@ -184,27 +278,50 @@ def parse_detection(params):
     )
 
 
-_EPOCH = re.compile(r"epoch\D{0,3}(\d+)(?:\s*(?:/|of)\s*(\d+))?", re.IGNORECASE)
+# The app's trainers log one line per epoch, a dict: "loris: {'epoch': 3, 'max_epochs': 50, ...}";
+# other trainers write "Epoch 3/50".
+_EPOCH_KEY = re.compile(r"""['"]epoch['"]\s*:\s*(\d+)""")
+_MAX_EPOCHS_KEY = re.compile(r"""['"]max_epochs['"]\s*:\s*(\d+)""")
+_EPOCH_TEXT = re.compile(r"\bepoch\s*(\d+)\s*(?:/|of)\s*(\d+)", re.IGNORECASE)
+
+
+def _epoch_of(line):
+    """``(epoch, max_epochs or None)`` from one log line, or None when it names no epoch."""
+    match = _EPOCH_KEY.search(line)
+    if match:
+        total = _MAX_EPOCHS_KEY.search(line)
+        return int(match.group(1)), int(total.group(1)) if total else None
+    match = _EPOCH_TEXT.search(line)
+    if match:
+        return int(match.group(1)), int(match.group(2))
+    return None
 
 
 def parse_train_status(task):
-    """MONAI Label's training task record (``GET /train/``) -> :class:`TrainStatus`."""
+    """MONAI Label's training task record (``GET /train/``) -> :class:`TrainStatus`.
+
+    The epoch comes from the latest log line that names one; the number of epochs from that
+    line, else from the request's ``max_epochs``.
+    """
     where = "train status"
     status = _require(task, "status", where)
     if not isinstance(status, str):
         raise ResultError(f"{where}: field 'status' must be a string, got {status!r}")
     request = task.get("request") or {}
+    if not isinstance(request, dict):
+        request = {}
     details = [str(line) for line in (task.get("details") or [])]
     epoch = max_epochs = None
     for line in reversed(details):
-        match = _EPOCH.search(line)
-        if match:
-            epoch = int(match.group(1))
-            max_epochs = int(match.group(2)) if match.group(2) else None
+        found = _epoch_of(line)
+        if found:
+            epoch, max_epochs = found
             break
+    if max_epochs is None and isinstance(request.get("max_epochs"), int) and not isinstance(request["max_epochs"], bool):
+        max_epochs = request["max_epochs"]
     return TrainStatus(
         status=status,
-        model=request.get("model") if isinstance(request, dict) else None,
+        model=request.get("model"),
         task_id=task.get("id"),
         start_ts=task.get("start_ts"),
         end_ts=task.get("end_ts"),
