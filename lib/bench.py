@@ -628,7 +628,8 @@ def run(plan: Plan, device: str, work: Path, threads: int | None = None, log=pri
     """Every measurement of the module docstring, in one run; returns the JSON-ready result."""
     import torch
 
-    from lib.loris.predictor import LorisPredictor, resolve_device
+    from lib.loris.predictor import LorisPredictor
+    from lib.training.loop import resolve_device
     from lib.loris.model_files import load_model
     from lib.loris.network import build_network
     from lib.loris.settings import LorisSettings

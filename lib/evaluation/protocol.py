@@ -444,8 +444,9 @@ class _Progress:
         if self.used < self.budget:
             self.bar.update(1)
             self.used += 1
-        loss = stats.get("valid_loss", stats.get("loss"))
-        self.bar.set_postfix_str(f"{self.stage} ep {stats.get('epoch')}" + (f" loss {loss:.4f}" if loss is not None else ""))
+        value = stats.get("value")
+        self.bar.set_postfix_str(f"{self.stage} ep {stats.get('epoch')}"
+                                 + (f" {stats.get('monitor')} {value:.4f}" if value is not None else ""))
 
     def finish(self) -> None:
         """A training ended (early stop): its unused epochs leave the ETA."""
@@ -466,7 +467,7 @@ class Evaluation:
     def __init__(self, config: EvaluationConfig, log=print) -> None:
         self.config = config
         self.log = log
-        from lib.loris.predictor import resolve_device
+        from lib.training.loop import resolve_device
 
         self.device = resolve_device(config.device)
         self.size = config.loris_settings("loris").image_size

@@ -93,9 +93,10 @@ def main(args: argparse.Namespace) -> int:
     if args.resume and not summary["resumed"]:
         print(f"note: no checkpoint in {args.out}; trained from scratch")
     print(f"trained on {summary['n_train']} normal images, validated on {summary['n_valid']} normal "
-          f"+ {summary['n_valid_distended']} distended ({summary['validation_source']}); "
-          f"{summary['epochs_run']} epochs, best epoch {summary['best_epoch']} "
-          f"(validation loss {summary['best_valid_loss']:.4f}), {summary['seconds']:.1f} s on {summary['device']}")
+          f"+ {summary['n_valid_distended']} distended ({summary['valid_source']}); "
+          f"{summary['epochs_run']} epochs ({summary['stopped'].replace('_', ' ')}), best epoch "
+          f"{summary['best_epoch']} (validation loss {summary['best_value']:.4f}), {summary['seconds']:.1f} s on "
+          f"{summary['device']}")
     print(f"{'metric':8} {'threshold':>10} {'rule':>10} {'pixel_thr':>10} {'rule':>10} {'valid AUROC':>11} {'valid Dice':>10}")
     for metric, c in summary["calibration"].items():
         auroc = "-" if c["valid_auroc"] is None else f"{c['valid_auroc']:.3f}"

@@ -39,6 +39,7 @@ from lib.loris.network import InferenceNetwork, build_network
 from lib.loris.postprocess import box_region, image_scores, segment
 from lib.loris.reconstruction import reconstruct
 from lib.loris.settings import LorisSettings
+from lib.training.loop import resolve_device
 
 OUTPUT_FILES = {
     "reconstruction": "reconstruction.png",
@@ -46,16 +47,6 @@ OUTPUT_FILES = {
     "mask": "mask.png",
     "result": "result.json",
 }
-
-
-def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
-    """``"auto"``/None -> CUDA when available else CPU; otherwise ``torch.device(device)`` (checked)."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return dev
 
 
 @dataclass

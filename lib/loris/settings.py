@@ -16,10 +16,11 @@ valid choices.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from typing import ClassVar
 
 from lib.errors import DataError
+from lib.training.settings import ModelSettings
 
 METRICS = ("msgmsd", "gmsd", "dd", "ssim", "l2")
 """Anomaly-map metrics (see :mod:`lib.loris.anomaly`)."""
@@ -43,7 +44,7 @@ NORMS = ("batch", "instance")
 
 
 @dataclass
-class LorisSettings:
+class LorisSettings(ModelSettings):
     """Everything that defines a LoRIS model and how it is trained.
 
     Attributes:
@@ -115,32 +116,19 @@ class LorisSettings:
     msgms_scales: int = 4
     ssim_win_size: int = 11
 
-    def __post_init__(self) -> None:
-        self.channels = tuple(int(c) for c in self.channels)
-        self.strides = tuple(int(s) for s in self.strides)
-        self.riad_cell_sizes = tuple(int(c) for c in self.riad_cell_sizes)
-        self.validate()
-
-    @classmethod
-    def quick(cls, **overrides) -> "LorisSettings":
-        """A CPU demo preset: 128 px, a small UNet, Adam 2e-3, 100 epochs, patience 25.
-
-        About two minutes on two CPU cores for the sample data (``python -m lib sample-data``);
-        not the paper's configuration (see lib/loris/README.md for what it reaches).
-        """
-        base = dict(
-            image_size=128,
-            architecture="unet",
-            channels=(16, 32, 64, 128, 128),
-            strides=(2, 2, 2, 2),
-            num_res_units=1,
-            max_epochs=100,
-            patience=25,
-            learning_rate=2e-3,
-            ssim_win_size=7,
-        )
-        base.update(overrides)
-        return cls(**base)
+    QUICK: ClassVar[dict] = dict(
+        image_size=128,
+        architecture="unet",
+        channels=(16, 32, 64, 128, 128),
+        strides=(2, 2, 2, 2),
+        num_res_units=1,
+        max_epochs=100,
+        patience=25,
+        learning_rate=2e-3,
+        ssim_win_size=7,
+    )
+    """The CPU demo preset (:meth:`quick`): 128 px, a small MONAI UNet, Adam 2e-3, 100 epochs, patience 25; about
+    ten minutes on two CPU cores for the sample data. Not the paper's configuration."""
 
     def validate(self) -> "LorisSettings":
         """Check every field; raise :class:`DataError` naming the field and the valid values."""
@@ -175,6 +163,9 @@ class LorisSettings:
                 f"settings.channels/strides: need at least 2 channels and len(strides) == len(channels) - 1, "
                 f"got channels={list(self.channels)} strides={list(self.strides)}"
             )
+        if any(not isinstance(v, int) or isinstance(v, bool) for v in (*self.channels, *self.strides, *self.riad_cell_sizes)):
+            raise DataError(f"settings.channels/strides/riad_cell_sizes: must be whole numbers, got "
+                            f"{list(self.channels)}, {list(self.strides)}, {list(self.riad_cell_sizes)}")
         if any(c < 1 for c in self.channels) or any(s < 1 for s in self.strides):
             raise DataError(f"settings.channels/strides: must be positive, got {list(self.channels)}, {list(self.strides)}")
         if self.architecture == "reference" and (any(s != 2 for s in self.strides) or self.num_res_units):
@@ -217,29 +208,3 @@ class LorisSettings:
         """RIAD cell sizes in pixels on this ``image_size`` (the 256 px sizes scaled, at least 1, unique)."""
         scaled = [max(1, int(round(c * self.image_size / 256))) for c in self.riad_cell_sizes]
         return tuple(dict.fromkeys(scaled))
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict (tuples become lists)."""
-        out = dataclasses.asdict(self)
-        for key, value in out.items():
-            if isinstance(value, tuple):
-                out[key] = list(value)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict, where: str = "settings") -> "LorisSettings":
-        """Build from a dict (``to_dict`` output or user input); unknown keys are an error listing the known ones."""
-        if not isinstance(data, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise DataError(f"{where}: unknown setting(s) {', '.join(unknown)}; known settings are {', '.join(sorted(known))}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise DataError(f"{where}: {exc}") from None
-
-    def replace(self, **changes) -> "LorisSettings":
-        """A validated copy with some fields changed (``None`` values are ignored)."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -13,7 +13,8 @@ and SSIM loss and this package's preprocessing, masking and MSGMS):
    ``L = MSGMS + SSIM + L2`` -> Adam.
 3. Validation loss each epoch (no augmentation); the best weights are kept;
    training stops after ``patience`` epochs without improvement, at
-   ``max_epochs``, or when ``should_stop()`` returns True.
+   ``max_epochs``, or when ``should_stop()`` returns True (the loop is
+   :func:`lib.training.loop.fit`, shared with the detector).
 4. ``checkpoint_last.pt`` is written atomically after every epoch (``resume=True``
    continues from it); at the end the best weights are calibrated on the
    validation split for every metric (:mod:`lib.loris.calibration`) and saved
@@ -22,7 +23,6 @@ and SSIM loss and this package's preprocessing, masking and MSGMS):
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -30,7 +30,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from lib.data.imageio import read_boxed_images
 from lib.data.records import Record
@@ -38,12 +37,13 @@ from lib.data.splits import split_train_valid
 from lib.errors import DataError, ModelError
 from lib.loris import preprocess
 from lib.loris.calibration import calibrate
-from lib.loris.predictor import LorisPredictor, resolve_device
+from lib.loris.predictor import LorisPredictor
 from lib.loris.loss import LorisLoss
-from lib.loris.model_files import load_checkpoint, save_checkpoint, save_model
+from lib.loris.model_files import KIND, save_model
 from lib.loris.network import build_network
 from lib.loris.reconstruction import reconstruct
 from lib.loris.settings import LorisSettings
+from lib.training.loop import fit, resolve_device
 
 NETWORK_FIELDS = ("image_size", "architecture", "channels", "strides", "num_res_units", "norm", "dropout", "mode")
 """Settings that define the network's weights: a resumed run must keep them."""
@@ -118,6 +118,9 @@ def train(records: Sequence[Record], out_dir: str | os.PathLike, settings: Loris
           device: str | torch.device | None = None) -> dict:
     """Train a LoRIS model on the normal images of ``records`` and save it, calibrated, in ``out_dir``.
 
+    The loop is :func:`lib.training.loop.fit` (early stopping on the validation loss ``valid_loss``, the
+    checkpoint, resume, cancel, progress, the epoch records ``on_epoch`` receives).
+
     Args:
         records: the dataset (all labels; only normal boxed images enter the loss).
         out_dir: the model directory (see :mod:`lib.loris.model_files`).
@@ -126,12 +129,13 @@ def train(records: Sequence[Record], out_dir: str | os.PathLike, settings: Loris
         resume: continue from ``out_dir/checkpoint_last.pt`` when it exists (the split is kept).
         progress: show a tqdm bar (losses, ETA).
         should_stop: polled between mini-batches; True ends training (the best weights are still saved).
-        on_epoch: called after every epoch with the epoch's stats (see the summary's ``history``).
-        device: "cpu", "cuda", or None/"auto".
+        on_epoch: called after every epoch with its record (``train`` and ``valid`` loss terms).
+        device: "cpu", "cuda", "cuda:N", or None/"auto".
 
     Returns:
-        summary dict: ``model_dir, epochs_run, best_epoch, best_valid_loss, stopped_early, cancelled, resumed,
-        n_train, n_valid, n_valid_distended, validation_source, seconds, calibration, history``.
+        the summary of :func:`lib.training.loop.fit` (``epochs_run, best_epoch, monitor, best_value, stopped,
+        resumed, device, seconds, history``) plus ``model_dir, n_train, n_valid, n_valid_distended,
+        valid_source`` (``valid`` or ``train``: no normal validation image), ``calibration``.
 
     Raises:
         DataError: no normal boxed training image, unreadable image, bad box.
@@ -142,14 +146,8 @@ def train(records: Sequence[Record], out_dir: str | os.PathLike, settings: Loris
     dev = resolve_device(device)
     started = time.monotonic()
 
-    checkpoint = load_checkpoint(out_dir) if resume else None
+    checkpoint = KIND.load_checkpoint(out_dir) if resume else None
     records = list(records)
-    if checkpoint is not None:
-        old = LorisSettings.from_dict(checkpoint["settings"], where=f"{out_dir}: checkpoint settings")
-        changed = [f for f in NETWORK_FIELDS if getattr(old, f) != getattr(settings, f)]
-        if changed:
-            raise ModelError(f"{out_dir}: cannot resume, the checkpoint's network differs in {', '.join(changed)}; "
-                             "train without --resume or with the same settings")
     if valid_records is None:
         if checkpoint is not None and checkpoint.get("valid_images") is not None:
             names = set(checkpoint["valid_images"])
@@ -164,10 +162,10 @@ def train(records: Sequence[Record], out_dir: str | os.PathLike, settings: Loris
     valid_normal = [r for r in valid_records if r.is_normal]
     if not train_records:
         raise DataError("no normal image with a box to train on (LoRIS learns from normal images only)")
-    validation_source = "valid"
+    valid_source = "valid"
     if not valid_normal:
         # One patient, or a validation set without normal images: early-stop and calibrate on training images.
-        validation_source = "train"
+        valid_source = "train"
         valid_normal = train_records
         valid_records = train_records + [r for r in valid_records if not r.is_normal]
 
@@ -184,101 +182,67 @@ def train(records: Sequence[Record], out_dir: str | os.PathLike, settings: Loris
     optimizer = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
     loss_fn = LorisLoss(settings.ssim_win_size, settings.msgms_scales, settings.msgms_c).to(dev)
     generator = torch.Generator().manual_seed(settings.seed)
+    n, bs = x_train.shape[0], settings.batch_size
 
-    epoch, best_loss, best_epoch, bad_epochs, history, best_state = 0, math.inf, 0, 0, [], None
+    def train_epoch(epoch: int, stop: Callable[[], bool]) -> dict | None:
+        network.train()
+        order = torch.randperm(n, generator=generator)
+        if n > 1 and n % bs == 1:
+            order = order[:-1]  # a batch of one breaks BatchNorm
+        sums, seen = dict.fromkeys(LOSS_TERMS, 0.0), 0
+        for i in range(0, len(order), bs):
+            if stop():
+                return None
+            idx = order[i:i + bs].to(dev)
+            xb, bb = x_train[idx], b_train[idx]
+            if settings.augment:
+                xb, bb = augment(xb, bb, settings, generator)
+            recon = reconstruct(network, xb, bb, settings, generator=generator, training=True)[0]
+            terms = loss_fn(recon, xb)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            for k, v in terms.items():
+                sums[k] += float(v.detach()) * xb.shape[0]
+            seen += xb.shape[0]
+        return {k: v / max(seen, 1) for k, v in sums.items()}
+
+    def validate() -> dict:
+        terms = _mean_terms(network, loss_fn, x_valid, b_valid, settings, max(bs, 16),
+                            torch.Generator().manual_seed(settings.seed + 1))
+        return {f"valid_{k}": v for k, v in terms.items()}
+
     if checkpoint is not None:
-        network.load_state_dict(checkpoint["network"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
         for group in optimizer.param_groups:
             group["lr"] = settings.learning_rate
-        epoch, best_loss, best_epoch = checkpoint["epoch"], checkpoint["best_loss"], checkpoint["best_epoch"]
-        bad_epochs, history, best_state = checkpoint["bad_epochs"], list(checkpoint["history"]), checkpoint["best_state"]
-        generator.manual_seed(settings.seed + epoch)
-
-    n = x_train.shape[0]
-    bs = settings.batch_size
-    cancelled = stopped_early = False
-    bar = tqdm(total=settings.max_epochs, initial=epoch, disable=not progress, desc="LoRIS train", unit="epoch",
-               dynamic_ncols=True)
-    try:
-        while epoch < settings.max_epochs and bad_epochs < settings.patience and not cancelled:
-            t0 = time.monotonic()
-            network.train()
-            order = torch.randperm(n, generator=generator)
-            if n > 1 and n % bs == 1:
-                order = order[:-1]  # a batch of one breaks BatchNorm
-            sums = dict.fromkeys(LOSS_TERMS, 0.0)
-            seen = 0
-            for i in range(0, len(order), bs):
-                if should_stop is not None and should_stop():
-                    cancelled = True
-                    break
-                idx = order[i:i + bs].to(dev)
-                xb, bb = x_train[idx], b_train[idx]
-                if settings.augment:
-                    xb, bb = augment(xb, bb, settings, generator)
-                recon = reconstruct(network, xb, bb, settings, generator=generator, training=True)[0]
-                terms = loss_fn(recon, xb)
-                optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                optimizer.step()
-                for k, v in terms.items():
-                    sums[k] += float(v.detach()) * xb.shape[0]
-                seen += xb.shape[0]
-            if cancelled and seen == 0:
-                break
-            epoch += 1
-            valid = _mean_terms(network, loss_fn, x_valid, b_valid, settings, max(bs, 16),
-                                torch.Generator().manual_seed(settings.seed + 1))
-            if valid["loss"] < best_loss:
-                best_loss, best_epoch, bad_epochs = valid["loss"], epoch, 0
-                best_state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
-            else:
-                bad_epochs += 1
-            stats = {"epoch": epoch, "max_epochs": settings.max_epochs,
-                     **{f"train_{k}": v / max(seen, 1) for k, v in sums.items()},
-                     **{f"valid_{k}": v for k, v in valid.items()},
-                     "best_valid_loss": best_loss, "best_epoch": best_epoch, "seconds": time.monotonic() - t0}
-            history.append(stats)
-            save_checkpoint(out_dir, {
-                "settings": settings.to_dict(), "epoch": epoch, "network": network.state_dict(),
-                "optimizer": optimizer.state_dict(), "best_loss": best_loss, "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs, "best_state": best_state, "history": history,
-                "valid_images": [r.image for r in valid_records] if validation_source == "valid" else None,
-            })
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats['train_loss']:.4f}", msgms=f"{stats['train_msgms']:.3f}",
-                            ssim=f"{stats['train_ssim']:.3f}", l2=f"{stats['train_l2']:.4f}",
-                            valid=f"{valid['loss']:.4f}", best=best_epoch)
-            if on_epoch is not None:
-                on_epoch(dict(stats))
-        stopped_early = bad_epochs >= settings.patience
-    finally:
-        bar.close()
-
-    if best_state is None:
+    result = fit(kind=KIND, out_dir=out_dir, settings=settings, network=network, train_epoch=train_epoch,
+                 validate=validate, monitor="valid_loss", mode="min",
+                 stateful={"optimizer": optimizer, "generator": _GeneratorState(generator)},
+                 network_fields=NETWORK_FIELDS, checkpoint=checkpoint,
+                 extra_checkpoint={"valid_images": [r.image for r in valid_records] if valid_source == "valid" else None},
+                 progress=progress, should_stop=should_stop, on_epoch=on_epoch, desc="LoRIS train", device=dev)
+    if result.best_state is None:
         raise DataError("training was stopped before the first epoch ended; no model saved")
-    network.load_state_dict(best_state)
-    predictor = LorisPredictor(network, settings, None, dev)
-    calibration = calibrate(predictor, valid_records, valid_images_all)
-    summary = {
-        "model_dir": str(out_dir),
-        "epochs_run": epoch,
-        "best_epoch": best_epoch,
-        "best_valid_loss": best_loss,
-        "stopped_early": stopped_early,
-        "cancelled": cancelled,
-        "resumed": checkpoint is not None,
-        "n_train": len(train_records),
-        "n_valid": len(valid_normal),
-        "n_valid_distended": sum(r.label == "distended" for r in valid_records),
-        "validation_source": validation_source,
-        "seconds": time.monotonic() - started,
-        "device": str(dev),
-    }
-    training_info = dict(summary, train_images=[r.image for r in train_records],
-                         valid_images=[r.image for r in valid_records])
-    save_model(out_dir, settings, best_state, calibration, training_info)
+    network.load_state_dict(result.best_state)
+    calibration = calibrate(LorisPredictor(network, settings, None, dev), valid_records, valid_images_all)
+    summary = {"model_dir": str(out_dir), **result.summary, "n_train": len(train_records),
+               "n_valid": len(valid_normal), "n_valid_distended": sum(r.label == "distended" for r in valid_records),
+               "valid_source": valid_source, "seconds": time.monotonic() - started}
+    info = {k: v for k, v in summary.items() if k != "history"}
+    save_model(out_dir, settings, result.best_state, calibration,
+               dict(info, train_images=[r.image for r in train_records], valid_images=[r.image for r in valid_records]))
     summary["calibration"] = calibration
-    summary["history"] = history
     return summary
+
+
+class _GeneratorState:
+    """A ``torch.Generator`` seen as a checkpointable object (its random state)."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def state_dict(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def load_state_dict(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)

@@ -197,7 +197,12 @@ class CoreTrainTask(BasicTrainTask):
 
     optimizer = loss_function = train_pre_transforms = train_post_transforms = val_inferer = network
 
-    def on_epoch(self, progress: dict) -> None:
-        """Log one line per epoch: MONAI Label shows the last lines in ``GET /train/``."""
-        shown = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in progress.items() if not isinstance(v, dict)}
+    def on_epoch(self, record: dict) -> None:
+        """Log one line per epoch (:func:`lib.training.loop.fit`'s record): MONAI Label shows the last lines in
+        ``GET /train/``, and the Slicer module reads ``epoch`` and ``max_epochs`` from them."""
+        shown = {k: record[k] for k in ("epoch", "max_epochs", "monitor") if k in record}
+        shown.update({k: round(record[k], 5) for k in ("value", "best_value") if record.get(k) is not None})
+        shown["best_epoch"] = record.get("best_epoch")
+        if isinstance(record.get("train"), dict) and "loss" in record["train"]:
+            shown["train_loss"] = round(record["train"]["loss"], 5)
         logger.info(f"{self.target.name}: {shown}")

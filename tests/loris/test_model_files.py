@@ -6,7 +6,7 @@ import torch
 
 from lib.errors import ModelError, NotTrainedError
 from lib.loris.predictor import LorisPredictor
-from lib.loris.model_files import MODEL_FILE, load_model, read_info, save_checkpoint, save_model
+from lib.loris.model_files import KIND, MODEL_FILE, load_model, read_info, save_model
 from lib.loris.network import build_network
 from lib.loris.settings import LorisSettings
 
@@ -68,7 +68,7 @@ def test_missing_directory_and_untrained_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(NotTrainedError, match="no trained LoRIS model"):
         load_model(tmp_path / "empty")
-    save_checkpoint(tmp_path / "empty", {"epoch": 1})
+    KIND.save_checkpoint(tmp_path / "empty", {"epoch": 1})
     with pytest.raises(NotTrainedError, match="training has started"):
         load_model(tmp_path / "empty")
     (tmp_path / "bad").mkdir()

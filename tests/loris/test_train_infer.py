@@ -62,8 +62,9 @@ def test_training_uses_normal_images_only_and_saves_a_calibrated_model(data, tra
     summary, epochs = trained
     assert summary["n_train"] == 20 and summary["n_valid"] == 5 and summary["n_valid_distended"] == 3
     assert [e["epoch"] for e in epochs] == list(range(1, 31))
-    assert {"train_loss", "train_msgms", "train_ssim", "train_l2", "valid_loss"} <= set(epochs[0])
-    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert {"loss", "msgms", "ssim", "l2"} <= set(epochs[0]["train"]) and "valid_loss" in epochs[0]["valid"]
+    assert epochs[0]["monitor"] == "valid_loss" and epochs[0]["max_epochs"] == 30
+    assert epochs[-1]["train"]["loss"] < epochs[0]["train"]["loss"]
     bundle = load_model(data["root"] / "model")
     assert sorted(bundle.training["train_images"]) == [f"tr{i:03d}" for i in range(20)]
     assert set(bundle.calibration) == set(METRICS)
@@ -119,7 +120,7 @@ def test_should_stop_ends_training_and_still_saves_the_best_model(data, tmp_path
 
     summary = train(data["train"], tmp_path / "m", tiny(max_epochs=50), valid_records=data["valid"],
                     progress=False, should_stop=stop)
-    assert summary["cancelled"] and summary["epochs_run"] < 50
+    assert summary["stopped"] == "cancelled" and summary["epochs_run"] < 50
     assert load_model(tmp_path / "m").calibration
 
 

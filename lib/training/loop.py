@@ -1,0 +1,189 @@
+"""The training loop both models share: epochs, early stopping, checkpoint and resume, progress, summary.
+
+A model's training function (:func:`lib.loris.train.train`,
+:func:`lib.detection.train.train_detector`) prepares its data, network and
+optimizer, and hands :func:`fit` two functions: ``train_epoch`` (one pass over the
+training images) and ``validate`` (the validation metrics, the ``monitor`` among
+them). :func:`fit` runs the epochs and returns the best weights; the model then
+calibrates them and writes its folder (:class:`~lib.training.model_folder.ModelKind`).
+
+The same for every model:
+
+- epochs are counted from 1; ``on_epoch`` receives ``{"epoch", "max_epochs", "train": {...},
+  "valid": {...}, "monitor", "value", "best_value", "best_epoch", "seconds"}`` after each;
+- early stopping on ``monitor`` (``mode`` ``min`` or ``max``) after ``patience`` epochs
+  without improvement; the best weights are kept;
+- ``checkpoint_last.pt`` is written atomically after every epoch; a training resumed from it
+  (``checkpoint``) continues where it stopped, when its network settings are the same (else
+  :class:`~lib.errors.ModelError`);
+- ``should_stop()`` is polled between mini-batches (``train_epoch`` calls it): True ends
+  training, the interrupted epoch is dropped, the best weights so far are kept;
+- the device is ``"cpu"``, ``"cuda"``, ``"cuda:N"``, or ``"auto"``/None (CUDA when available);
+- the summary has the same keys: ``epochs_run``, ``best_epoch``, ``monitor``, ``best_value``,
+  ``stopped`` (``early_stopping`` | ``max_epochs`` | ``cancelled``), ``resumed``, ``device``,
+  ``seconds``, ``history``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from lib.errors import DataError, ModelError
+from lib.training.model_folder import ModelKind
+
+
+def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
+    """``"auto"``/None -> CUDA when available else CPU; otherwise ``torch.device(device)`` (checked)."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DataError(f"device {device!r}: expected cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+class EarlyStopping:
+    """Track the best value of a monitored metric; ``patience`` epochs without improvement stop training."""
+
+    def __init__(self, patience: int, mode: str = "min") -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be min or max, got {mode!r}")
+        self.patience, self.mode = patience, mode
+        self.best_value: float | None = None
+        self.best_epoch = 0
+        self.bad_epochs = 0
+
+    def step(self, value: float, epoch: int) -> bool:
+        """Record ``value`` of ``epoch``; True when it is the best so far (ties keep the earlier epoch)."""
+        better = self.best_value is None or (value < self.best_value if self.mode == "min" else value > self.best_value)
+        if better and not (isinstance(value, float) and math.isnan(value)):
+            self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best_value": self.best_value, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_value, self.best_epoch, self.bad_epochs = state["best_value"], state["best_epoch"], state["bad_epochs"]
+
+
+@dataclass
+class Fit:
+    """What :func:`fit` returns.
+
+    Attributes:
+        best_state: the network's state dict at the best epoch (on the CPU); None when no epoch finished.
+        summary: the shared summary keys (module docstring).
+    """
+
+    best_state: dict | None
+    summary: dict
+
+
+def fit(*, kind: ModelKind, out_dir: str | os.PathLike, settings, network: torch.nn.Module,
+        train_epoch: Callable[[int, Callable[[], bool]], dict | None], validate: Callable[[], dict],
+        monitor: str, mode: str = "min", stateful: dict | None = None, network_fields: tuple[str, ...] = (),
+        best_state: Callable[[], dict] | None = None, extra_checkpoint: dict | None = None,
+        checkpoint: dict | None = None, progress: bool = True, should_stop: Callable[[], bool] | None = None,
+        on_epoch: Callable[[dict], None] | None = None, desc: str = "train", device=None) -> Fit:
+    """Run the epochs of one training (see the module docstring).
+
+    Args:
+        kind: the model's folder format (checkpoint file).
+        out_dir: the model folder.
+        settings: the model's settings (``max_epochs``, ``patience``; saved in the checkpoint).
+        network: the network being trained (its state is checkpointed).
+        train_epoch: ``train_epoch(epoch, should_stop)`` trains one epoch and returns its mean loss terms
+            (``{"loss": ..., ...}``), or None when ``should_stop`` ended it early.
+        validate: returns the validation metrics of the current weights, ``monitor`` among them.
+        monitor, mode: the early-stopping metric and whether lower (``min``) or higher (``max``) is better.
+        stateful: ``{name: object with state_dict() / load_state_dict()}`` (optimizer, schedulers, random
+            generators...): saved and restored with the checkpoint.
+        network_fields: settings that shape the network; a checkpoint that differs in one cannot be resumed.
+        best_state: the state dict to keep for the best epoch (default: ``network``'s; e.g. an averaged copy).
+        extra_checkpoint: more JSON-ready data saved in every checkpoint (e.g. the validation image names).
+        checkpoint: the checkpoint to resume from (``kind.load_checkpoint(out_dir)`` when resuming), or None.
+        progress, should_stop, on_epoch, desc, device: see the module docstring.
+    """
+    out_dir = Path(out_dir)
+    started = time.monotonic()
+    stateful = dict(stateful or {})
+    stopper = EarlyStopping(settings.patience, mode)
+    best_state = best_state or network.state_dict
+    kept, history, epoch = None, [], 0
+    if checkpoint is not None:
+        saved = type(settings).from_dict(checkpoint["settings"], where=f"{out_dir}: checkpoint settings")
+        changed = [f for f in network_fields if getattr(saved, f) != getattr(settings, f)]
+        if changed:
+            raise ModelError(f"{out_dir}: cannot resume, the checkpoint's network differs in {', '.join(changed)}; "
+                             "train without --resume or with the same settings")
+        network.load_state_dict(checkpoint["network"])
+        for name, obj in stateful.items():
+            if checkpoint.get(name) is not None:
+                obj.load_state_dict(checkpoint[name])
+        stopper.load_state_dict(checkpoint["early_stopping"])
+        epoch, history, kept = checkpoint["epoch"], list(checkpoint["history"]), checkpoint["best_state"]
+
+    def stop_requested() -> bool:
+        return should_stop is not None and bool(should_stop())
+
+    stopped = "max_epochs"
+    bar = tqdm(total=settings.max_epochs, initial=epoch, disable=not progress, desc=desc, unit="epoch",
+               dynamic_ncols=True)
+    try:
+        while epoch < settings.max_epochs:
+            if stopper.should_stop:
+                stopped = "early_stopping"
+                break
+            t0 = time.monotonic()
+            train = train_epoch(epoch + 1, stop_requested)
+            if train is None:
+                stopped = "cancelled"
+                break
+            epoch += 1
+            valid = validate()
+            value = float(valid[monitor])
+            if stopper.step(value, epoch):
+                kept = {k: v.detach().cpu().clone() for k, v in best_state().items()}
+            record = {"epoch": epoch, "max_epochs": settings.max_epochs, "train": train, "valid": valid,
+                      "monitor": monitor, "value": value, "best_value": stopper.best_value,
+                      "best_epoch": stopper.best_epoch, "seconds": time.monotonic() - t0}
+            history.append(record)
+            kind.save_checkpoint(out_dir, {
+                "settings": settings.to_dict(), "epoch": epoch, "network": network.state_dict(),
+                **{name: obj.state_dict() for name, obj in stateful.items()},
+                "early_stopping": stopper.state_dict(), "best_state": kept, "history": history,
+                **(extra_checkpoint or {}),
+            })
+            bar.update(1)
+            bar.set_postfix(loss=f"{train.get('loss', float('nan')):.4f}", **{monitor: f"{value:.4f}"},
+                            best=f"{stopper.best_value:.4f}@{stopper.best_epoch}")
+            if on_epoch is not None:
+                on_epoch(dict(record))
+        else:
+            if stopper.should_stop:
+                stopped = "early_stopping"
+    finally:
+        bar.close()
+    summary = {"epochs_run": epoch, "best_epoch": stopper.best_epoch, "monitor": monitor,
+               "best_value": stopper.best_value, "stopped": stopped, "resumed": checkpoint is not None,
+               "device": str(device) if device is not None else None,
+               "seconds": time.monotonic() - started, "history": history}
+    return Fit(kept, summary)
