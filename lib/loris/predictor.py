@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,11 @@ from lib.loris.postprocess import box_region, image_scores, segment
 from lib.loris.reconstruction import reconstruct
 from lib.loris.settings import LorisSettings
 from lib.training.loop import resolve_device
+
+logger = logging.getLogger(__name__)
+
+FORWARD_LOG = "LoRIS network forward"
+"""Each forward pass logs a line starting with this (INFO): how many forwards a request cost can be counted."""
 
 OUTPUT_FILES = {
     "reconstruction": "reconstruction.png",
@@ -180,6 +186,7 @@ class LorisPredictor:
         x, grid_boxes = preprocess.batch(images, boxes, self.settings.image_size)
         x, grid_boxes = x.to(self.device), grid_boxes.to(self.device)
         generator = torch.Generator().manual_seed(self.settings.seed)  # RIAD masks: same result every call
+        logger.info(f"{FORWARD_LOG}: {x.shape[0]} image(s) at {x.shape[-1]} px")
         with torch.inference_mode():
             recons = reconstruct(self.network, x, grid_boxes, self.settings, generator=generator)
             maps = None

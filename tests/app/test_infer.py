@@ -45,6 +45,27 @@ def test_loris_without_box_runs_the_detector_first(server):
     assert result["box"] == detected["box"] and result["detector_confidence"] == pytest.approx(detected["confidence"])
 
 
+def test_the_command_line_and_the_server_give_the_same_automatic_result(server, tmp_path):
+    # one pipeline: the detector's box, then the model's score, map and segmentation, whoever asks
+    import json
+
+    from lib.__main__ import main
+
+    image_id = server.sample_image_id
+    served = infer_json(server.url, "loris", image_id, {})
+    assert served.status_code == 200, served.text
+    served = served.json()
+    assert main(["infer", "--model", str(server.models_dir / "loris"), "--detector",
+                 str(server.models_dir / "recess_detection"), "--image", str(server.datastore / f"{image_id}.png"),
+                 "--out", str(tmp_path / "out")]) == 0
+    local = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert local["box"] == served["box"] and local["box_source"] == served["box_source"] == "detector"
+    assert local["detector_confidence"] == pytest.approx(served["detector_confidence"])
+    assert local["score"] == pytest.approx(served["score"], rel=1e-5) and local["distended"] == served["distended"]
+    for key in ("metric", "pixel_metric", "threshold", "pixel_threshold", "display_range", "image_size"):
+        assert local[key] == served[key], key
+
+
 def test_roi_synonym_with_swapped_corners_is_sorted(server):
     plain = infer_json(server.url, "loris", server.sample_image_id, {"box": [30, 20, 70, 44]}).json()
     four = infer_json(server.url, "loris", server.sample_image_id, {"roi": [70, 44, 30, 20]}).json()

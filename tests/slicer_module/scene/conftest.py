@@ -141,7 +141,7 @@ def _server_python():
 def server(tmp_path_factory):
     """A real ``monailabel start_server`` of this app on a tiny throwaway datastore, started with the server's Python.
 
-    Attributes: ``url``, ``unlabelled_ids``, ``datastore`` (Path).
+    Attributes: ``url``, ``unlabelled_ids``, ``datastore`` (Path), ``log`` (the server's log file).
     """
     root = tmp_path_factory.mktemp("loris-server")
     ready = root / "ready.json"
@@ -163,7 +163,8 @@ def server(tmp_path_factory):
 
         info = json.loads(ready.read_text())
         yield SimpleNamespace(url=info["url"], unlabelled_ids=info["unlabelled_ids"],
-                              datastore=Path(info["datastore"]), sample_image_id=info["sample_image_id"])
+                              datastore=Path(info["datastore"]), sample_image_id=info["sample_image_id"],
+                              log=root / "server.log")
     finally:
         if proc.poll() is None:
             proc.stdin.close()  # the script stops its server when its stdin closes

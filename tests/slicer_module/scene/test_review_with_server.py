@@ -125,12 +125,14 @@ def test_review_loop_on_a_dicom_frame_next_run_correct_submit(logic, recorder, s
     assert np.array_equal(slicer.util.arrayFromVolume(frame)[0], frame_pixels)
     assert not logic.roiIsPlaced(roi) and not logic.maskFromSegmentation(segmentation, frame).any()
 
-    # Run LoRIS with a box: one inference request, never on the main thread
+    # Run LoRIS with a box: one inference request, one network forward, never on the main thread
     box = [50, 3, 94, 30]
     logic.setRoiFromBox(roi, frame, box)
     recorder.calls.clear()
+    forwards = _forwards(server)
     run = _run(logic, lambda **kw: logic.runLoris(Server(server.url), frame, roi, segmentation, None, 0.4, **kw))
     assert [c[2:] for c in recorder.infers()] == [("POST", "/infer/loris_anomaly_map")]
+    assert _forwards(server) == forwards + 1
     assert recorder.calls and not recorder.on_main_thread()
     assert run.result.box == box and run.result.box_source == "request"
     assert run.result.image_size == [WIDTH, HEIGHT]
@@ -163,6 +165,11 @@ def test_review_loop_on_a_dicom_frame_next_run_correct_submit(logic, recorder, s
     # nothing unlabelled is left: Next image says so
     assert _run(logic, lambda **kw: logic.nextImage(Server(server.url), "random", frame, roi, segmentation,
                                                     run.mapNode, **kw)) is None
+
+
+def _forwards(server) -> int:
+    """How many LoRIS network forwards the server has logged (each logs one "LoRIS network forward" line)."""
+    return server.log.read_text(errors="replace").count("LoRIS network forward")
 
 
 def _ijk(node):
