@@ -42,7 +42,6 @@ BOX_POLICIES = ("fail", "skip", "whole_image")
 """What happens when no box is given and the detector finds none (see the module docstring)."""
 
 
-
 def check_box_policy(policy: str) -> str:
     """Return ``policy`` if known, else raise :class:`DataError` listing :data:`BOX_POLICIES`."""
     if policy not in BOX_POLICIES:

@@ -75,8 +75,8 @@ class LorisSettings(ModelSettings):
         target_fpr: false-positive rate on normal validation images used by calibration when
             validation holds no distended image (image threshold) or no mask (pixel threshold).
         normal_box_share: the pixel threshold's cap: at most this share of the box pixels of normal
-            validation images may reach it (so that a normal image's segmentation stays small, see
-            :mod:`lib.loris.calibration`).
+            validation images may be segmented (so that a normal image's segmentation stays small, see
+            :mod:`lib.loris.calibration`); 1: no cap.
         seed: seed of the split, the initialization, the shuffling and the augmentations.
         augment: random box jitter and intensity gain during training (off, as in the paper).
         box_jitter: largest box shift/resize, as a fraction of the box side.
@@ -185,8 +185,11 @@ class LorisSettings(ModelSettings):
             )
         if not self.riad_cell_sizes or any(c < 1 for c in self.riad_cell_sizes):
             raise DataError(f"settings.riad_cell_sizes: need positive sizes, got {list(self.riad_cell_sizes)}")
-        for name, lo, hi in (("dropout", 0.0, 1.0), ("valid_fraction", 0.0, 1.0), ("target_fpr", 0.0, 1.0),
-                             ("normal_box_share", 0.0, 1.0)):
+        if not isinstance(self.normal_box_share, (int, float)) or isinstance(self.normal_box_share, bool) \
+                or not 0.0 < self.normal_box_share <= 1.0:
+            raise DataError(f"settings.normal_box_share: must be a number in (0, 1] (1: no cap), "
+                            f"got {self.normal_box_share!r}")
+        for name, lo, hi in (("dropout", 0.0, 1.0), ("valid_fraction", 0.0, 1.0), ("target_fpr", 0.0, 1.0)):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not lo <= value < hi:
                 raise DataError(f"settings.{name}: must be a number in [{lo}, {hi}), got {value!r}")
