@@ -36,7 +36,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lib.datastore import UploadLimits
+from lib.upload_checks import UploadLimits
 from lib.errors import DataError
 
 logger = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ from monailabel.utils.others.generic import file_checksum, get_mime_type
 from requests_toolbelt import MultipartEncoder
 
 from lib.data.imageio import IMAGE_EXTENSIONS
-from lib.datastore import LABEL_EXTENSIONS, OverLimit, check_name, check_upload
+from lib.upload_checks import LABEL_EXTENSIONS, OverLimit, check_name, check_upload
 from lib.errors import DataError
 from lib.httpapi.uploads import received
 from lib.infers.http_errors import BAD_REQUEST, NOT_FOUND, PAYLOAD_TOO_LARGE, UNAUTHORIZED, client_error
