@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from monailabel.config import settings
 from monailabel.endpoints.datastore import ResultType as DatastoreOutput
 from monailabel.endpoints.infer import ResultType as InferOutput
@@ -188,9 +188,18 @@ def put_label_info_deprecated(label: str, tag: str, params: str = Form("{}"), us
 @datastore_router.get("/dataset", summary="Download full dataset as ZIP archive")
 def download_dataset(limit_cases: Optional[int] = None, user: User = Depends(ANNOTATOR)):
     path = _store().get_dataset_archive(limit_cases)
-    tasks = BackgroundTasks()
-    tasks.add_task(os.unlink, path)
-    return FileResponse(path, media_type="application/zip", filename="dataset.zip", background=tasks)
+    archive = open(path, "rb")
+    os.unlink(path)  # served from the open file: nothing stays on disk, even if the client goes away
+    size = os.fstat(archive.fileno()).st_size
+
+    def chunks():
+        with archive:
+            while data := archive.read(1024 * 1024):
+                yield data
+
+    return StreamingResponse(chunks(), media_type="application/zip",
+                             headers={"content-disposition": 'attachment; filename="dataset.zip"',
+                                      "content-length": str(size)})
 
 
 # ---------------------------------------------------------------------------------------------- infer

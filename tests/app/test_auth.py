@@ -123,6 +123,10 @@ def test_with_the_token_training_models_and_logs_are_served(secured_server):
     assert restored.json()["checksum"] == "SHA256:" + hashlib.sha256(weights.content).hexdigest()
     assert infer_json(s.url, "loris", image_id, {"box": BOX}).status_code == 200
 
+    archive = requests.get(f"{s.url}/datastore/dataset", params={"limit_cases": 2}, headers=A, timeout=TIMEOUT)
+    assert archive.status_code == 200 and archive.content[:2] == b"PK"
+    assert not list((s.datastore / ".uploads").iterdir())  # the archive was built there and deleted once sent
+
     started = requests.post(f"{s.url}/train/recess_detection", json={"max_epochs": 1}, headers=A, timeout=TIMEOUT)
     assert started.status_code == 200, started.text
     wait_train_running(s.url)
