@@ -38,6 +38,8 @@ from lib.data.atomic import atomic_dir  # noqa: E402
 from lib.datastore import HardenedDatastore, check_name  # noqa: E402
 from lib.errors import DataError  # noqa: E402
 from lib.infers.http_errors import BAD_REQUEST, NOT_FOUND, client_error  # noqa: E402
+from lib.infers.loris import _load_predictor  # noqa: E402
+from lib.infers.recess_detection import _load_detector  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -47,20 +49,8 @@ TASK_CONFIGS = {"loris": LorisConfig, "recess_detection": RecessDetectionConfig}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def _load_loris(model_dir, device):
-    from lib.loris.infer import LorisPredictor
-
-    return LorisPredictor.load(model_dir, device=device)
-
-
-def _load_detector(model_dir, device):
-    from lib.detection.infer import RecessDetector
-
-    return RecessDetector.load(model_dir, device=device)
-
-
-MODEL_LOADERS = {"loris": _load_loris, "recess_detection": _load_detector}
-"""How ``PUT /model/<name>`` checks that an uploaded ``model.pt`` is a model of that name."""
+MODEL_LOADERS = {"loris": _load_predictor, "recess_detection": _load_detector}
+"""How ``PUT /model/<name>`` checks that an uploaded ``model.pt`` is a model of that name: the infer tasks' own loaders."""
 
 
 class LorisApp(MONAILabelApp):

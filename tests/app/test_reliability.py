@@ -330,6 +330,12 @@ def test_infer_never_changes_a_final_label_whatever_the_route(secured_server):
                           json={"device": "cpu", "multi_gpu": False, "save_label": True, "label_tag": "final",
                                 "max_workers": 1, "logging": "WARNING"}, timeout=TIMEOUT)
     assert batch.status_code == 400 and "never writes final labels" in batch.json()["detail"], batch.text
+    originals = requests.post(f"{s.url}/batch/infer/loris", params={"run_sync": "true", "images": "unlabeled"},
+                              headers=s.auth, json={"device": "cpu", "multi_gpu": False, "save_label": True,
+                                                    "label_tag": "original", "max_workers": 1, "logging": "WARNING"},
+                              timeout=TIMEOUT)
+    assert originals.status_code == 200, originals.text
+    assert list((s.datastore / "labels" / "original").glob("*.png"))  # model outputs are kept apart from finals
     assert _finals(s) == finals
     assert not _leftovers(s)
 
