@@ -373,6 +373,9 @@ def test_accepted_requests_leave_no_temporary_file_and_answer_without_server_pat
     for answer in answers:
         assert answer.status_code == 200, answer.text
         _check_no_server_paths(s, answer)
+    for status in (requests.get(f"{s.url}/train/", params={"all": "true"}, timeout=TIMEOUT),
+                   requests.get(f"{s.url}/logs/", params={"text": "true"}, headers=s.auth, timeout=TIMEOUT)):
+        _check_no_server_paths(s, status)  # task details and logs quote the server's own output
     assert "path" not in answers[3].json() and "path" not in answers[4].json()
     assert all(not pair["image"].startswith("/") for pair in answers[1].json())
     assert not _leftovers(s)
