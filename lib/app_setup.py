@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datastore", type=Path, default=None, help="datastore folder (default WORKDIR/datastore)")
     parser.add_argument("--models", type=Path, default=None, help="models folder (default WORKDIR/models)")
     parser.add_argument("--device", default=None, help="cpu or cuda for the first-run training (default: cuda if available)")
-    parser.add_argument("--host", default="127.0.0.1", help="server address (default: this machine only)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="server address (default 127.0.0.1: this machine only; beyond it, set an access token)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--no-server", action="store_true", help="set up only; do not start the server")
     args = parser.parse_args(argv)
@@ -153,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from lib.server_process import server_command
 
+    from lib.configs.app_config import TOKEN_ENV, TOKEN_FILE_ENV
+    from lib.httpapi.auth import is_loopback
+
+    if not is_loopback(args.host) and args.host != "localhost" and not (os.environ.get(TOKEN_FILE_ENV)
+                                                                        or os.environ.get(TOKEN_ENV)):
+        print(f"note: the server listens on {args.host} without an access token: training, label writes, models and "
+              f"logs are refused to other machines; set {TOKEN_FILE_ENV} (README, Security)", flush=True)
     command = server_command(APP_DIR, datastore, {"models_dir": Path(models_dir).resolve()}, args.host, args.port)
     print(f"starting the server: {' '.join(command)}", flush=True)
     env = dict(os.environ)

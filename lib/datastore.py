@@ -22,15 +22,30 @@ index in ``datastore_v2.json``), and this class keeps it. What it adds:
   of ``datastore_v2.json`` under one lock (an in-process re-entrant lock plus
   ``flock`` on the stock ``.lock`` file, shared with the train and scoring
   subprocesses MONAI Label spawns), the file is re-read inside the lock, and written
-  atomically (temporary file + rename). Readers reload the index whenever its
-  inode, size or mtime changed, so scores written by the scoring subprocess are
+  atomically (temporary file, ``fsync``, rename). Readers reload the index whenever
+  its inode, size or mtime changed, so scores written by the scoring subprocess are
   seen by the server at once. The stock store modifies a possibly stale in-memory
   copy and rewrites the file in place, which loses concurrent label submissions.
+* **A file and its index entry change as one unit.** A new mask (or image) is first
+  written beside its final name as a hidden, ``fsync``-ed ``.<name>.pending-<nonce>``
+  file; the index entry, which records the mask's SHA-1 (``mask_sha1``), is then
+  committed; only then is the pending file renamed into place. A removed file is
+  first renamed to a hidden ``.<name>.removing-<nonce>``, the index committed, then
+  the file deleted. After a crash at any point, :meth:`HardenedDatastore.recover`
+  (run, under the lock, whenever a store is opened) finishes or undoes each staged
+  change by what the index says, and deletes leftover temporary files: every label
+  is then the old one or the new one, whole.
+* **Labels never contradict their class.** A ``normal`` label with a non-empty mask
+  is refused (400); a final label without a class takes it from its mask.
+* **Uploads are checked from the header first** (:mod:`lib.upload_checks`): byte size,
+  then width x height read from the file header, and only then decoded, so a
+  decompression bomb is refused (413) before it costs memory.
 
 Label info of a final label (the contract of the whole project)::
 
     {"label": "normal" | "distended", "box": [x_min, y_min, x_max, y_max] | absent,
-     "patient_id": "...", "ts": <unix time>, "name": "<image>.png", ...}
+     "patient_id": "...", "ts": <unix time>, "name": "<image>.png",
+     "mask_sha1": "<SHA-1 of the stored PNG>", ...}
 
 When a final label arrives without ``label`` (MONAI Label's generic Slicer plugin
 sends none) the class is taken from the mask: ``distended`` if any pixel is set,
@@ -40,14 +55,16 @@ else ``normal``, and ``"label_source": "mask"`` records that it was derived.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import io
 import logging
 import os
 import re
 import shutil
 import threading
 import time
+import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -55,129 +72,64 @@ import numpy as np
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from lib.data.atomic import atomic_path, write_text
-from lib.data.imageio import IMAGE_EXTENSIONS, image_size, read_image, write_png
-from lib.data.records import validate_box, validate_label
+from lib.data.imageio import IMAGE_EXTENSIONS, read_image, read_mask
 from lib.errors import DataError
 from lib.infers.http_errors import BAD_REQUEST, CONFLICT, FORBIDDEN, NOT_FOUND, PAYLOAD_TOO_LARGE, client_error
+from lib.infers.params import strict_box
+from lib.upload_checks import (LABEL_EXTENSIONS, OverLimit, UploadLimits, check_name, check_upload, header_size,
+                               image_extension, read_label_upload, validate_label_info)
 
 logger = logging.getLogger(__name__)
 
 IMAGE_PATTERNS = tuple(f"*{ext}" for ext in IMAGE_EXTENSIONS)
 """Files of the datastore root that are images (PNG, JPEG, DICOM frames)."""
 
-LABEL_EXTENSIONS = (".png", ".nrrd", ".nii.gz", ".nii")
-"""Label uploads accepted by ``PUT /datastore/label``; all are stored as PNG."""
+UPLOADS_DIR = ".uploads"
+"""Hidden folder of the datastore where the server keeps request uploads while it checks them."""
 
-_ID_PATTERN = re.compile(r"^[^\x00-\x1f/\\]+$")
-
-
-@dataclass(frozen=True)
-class UploadLimits:
-    """Largest image upload the datastore accepts.
-
-    Attributes:
-        max_bytes: file size in bytes.
-        max_pixels: width x height in pixels (checked from the header before decoding).
-    """
-
-    max_bytes: int = 64 * 1024 * 1024
-    max_pixels: int = 4096 * 4096
+_STAGED = re.compile(r"^\.(?P<name>.+)\.(?P<kind>pending|removing)-[0-9a-f]{32}$")
 
 
-def check_name(value, what: str) -> str:
-    """Return ``value`` if it is a safe image id or label tag, else raise an HTTP 400.
+def _png_bytes(mask: np.ndarray) -> bytes:
+    from PIL import Image
 
-    Safe: a non-empty string of at most 200 characters without ``/``, ``\\``,
-    control characters or ``..``, not starting with a dot.
-    """
-    if not isinstance(value, str) or not value:
-        raise client_error(BAD_REQUEST, f"{what} is missing")
-    if len(value) > 200 or not _ID_PATTERN.match(value) or ".." in value or value.startswith("."):
-        raise client_error(
-            BAD_REQUEST,
-            f"{what} {value!r} is not allowed: use at most 200 characters, no '/', '\\', '..', "
-            "control characters or leading '.'",
-        )
-    return value
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8), mode="L").save(buf, format="PNG")
+    return buf.getvalue()
 
 
-def _image_extension(filename: str) -> str:
-    lower = filename.lower()
-    for ext in IMAGE_EXTENSIONS:
-        if lower.endswith(ext):
-            return filename[len(filename) - len(ext):]
-    raise client_error(
-        BAD_REQUEST, f"image file {Path(filename).name!r}: unsupported type; valid types are {', '.join(IMAGE_EXTENSIONS)}"
-    )
+def _fsync_dir(folder: str | os.PathLike) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def read_label_upload(path: str, width: int, height: int) -> np.ndarray:
-    """Read an uploaded label as a ``bool`` ``(H, W)`` mask (any nonzero pixel is foreground).
-
-    Raises:
-        DataError: unsupported type, not decodable, not 2D, or not ``height x width``.
-    """
-    name = Path(path).name.lower()
-    if name.endswith(".png"):
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as img:
-                img.load()
-                array = np.asarray(img)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise DataError(f"label file: not a readable PNG ({exc})") from None
-        if array.ndim == 3:
-            array = array[..., : min(3, array.shape[-1])].max(axis=-1)
-    elif name.endswith((".nrrd", ".nii.gz", ".nii")):
-        import SimpleITK as sitk
-
-        try:
-            array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-        except RuntimeError as exc:
-            raise DataError(f"label file: not a readable NRRD/NIfTI volume ({str(exc).strip().splitlines()[-1]})") from None
-        array = np.squeeze(array)
-    else:
-        raise DataError(f"label file: unsupported type; valid types are {', '.join(LABEL_EXTENSIONS)}")
-    if array.ndim != 2:
-        raise DataError(f"label file: expected a 2D mask, got shape {tuple(array.shape)}")
-    if array.shape != (height, width):
-        raise DataError(
-            f"label file: mask is {array.shape[1]}x{array.shape[0]} (width x height) but the image is {width}x{height}"
-        )
-    return array != 0
+def _staged_path(final: str | os.PathLike, kind: str) -> Path:
+    final = Path(final)
+    return final.with_name(f".{final.name}.{kind}-{uuid.uuid4().hex}")
 
 
-def validate_label_info(info, width: int, height: int, *, final: bool, foreground: bool | None) -> Dict[str, Any]:
-    """Check label params and return the info to store.
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "xb") as fp:
+        fp.write(data)
+        fp.flush()
+        os.fsync(fp.fileno())
 
-    Args:
-        info: the request's params (a JSON object).
-        width, height: the image size in pixels.
-        final: the label is the ``final`` tag (the class is then required or derived).
-        foreground: whether the mask has any foreground pixel (None when no mask comes with the info).
 
-    Raises:
-        DataError: not an object, unknown class, bad box, non-text patient id.
-    """
-    if info is None:
-        info = {}
-    if not isinstance(info, dict):
-        raise DataError(f"params: expected a JSON object, got {type(info).__name__}")
-    out = {k: v for k, v in info.items() if k not in ("ts", "name")}
-    if out.get("label") is not None:
-        validate_label(out["label"], "params.label")
-    elif final and foreground is not None:
-        out["label"] = "distended" if foreground else "normal"
-        out["label_source"] = "mask"
-    if out.get("box") is not None:
-        out["box"] = list(validate_box(out["box"], width, height, "params.box"))
-    if out.get("patient_id") is not None:
-        if not isinstance(out["patient_id"], (str, int)) or isinstance(out["patient_id"], bool):
-            raise DataError(f"params.patient_id: expected text, got {out['patient_id']!r}")
-        out["patient_id"] = str(out["patient_id"])
-    return out
+def _copy_durably(source: str, path: Path) -> None:
+    with open(source, "rb") as src, open(path, "xb") as dst:
+        shutil.copyfileobj(src, dst, 1024 * 1024)
+        dst.flush()
+        os.fsync(dst.fileno())
+
+
+def _sha1(path: str | os.PathLike) -> str | None:
+    try:
+        return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
 
 
 class _DatastoreLock:
@@ -217,7 +169,7 @@ class _DatastoreLock:
 
 
 def _user_error(exc: DataError, status: int = BAD_REQUEST):
-    return client_error(status, str(exc))
+    return client_error(PAYLOAD_TOO_LARGE if isinstance(exc, OverLimit) else status, str(exc))
 
 
 class HardenedDatastore(LocalDatastore):
@@ -230,6 +182,9 @@ class HardenedDatastore(LocalDatastore):
         self._config_sig = None
         self.limits = limits
         self._read_only = read_only
+        self._root = Path(datastore_path)
+        if not read_only:
+            self.recover()
         super().__init__(datastore_path, extensions=list(extensions), auto_reload=auto_reload, read_only=read_only)
 
     # ------------------------------------------------------------------ the index file
@@ -266,7 +221,16 @@ class HardenedDatastore(LocalDatastore):
     def _update_datastore_file(self, lock=True):
         with self._lock:
             text = self._datastore.model_dump_json(exclude={"base_path"}, indent=2)
-            write_text(self._datastore_config_path, text)
+            target = Path(self._datastore_config_path)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+            try:
+                _write_durably(tmp, text.encode("utf-8"))
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)  # the commit point of every change
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            _fsync_dir(target.parent)
             self._config_sig = self._signature()
 
     @contextmanager
@@ -291,8 +255,96 @@ class HardenedDatastore(LocalDatastore):
             super()._reconcile_datastore()
 
     def _list_files(self, path, patterns):
-        # temporary files of atomic writes start with a dot: never index them
+        # staged and temporary files start with a dot: never index them
         return {k: v for k, v in super()._list_files(path, patterns).items() if not k.startswith(".")}
+
+    # ------------------------------------------------------------------ crash recovery
+
+    def recover(self) -> dict:
+        """Finish or undo the staged changes a crash left behind and delete leftover temporary files.
+
+        Runs under the datastore lock, so it never meets a change in progress. A pending
+        mask is installed when the index records its SHA-1 (the change was committed),
+        else deleted; a pending image is installed when the index lists it and its file is
+        missing; a file being removed is put back when the index still lists it, else
+        deleted. Hidden ``*.tmp*`` files of interrupted atomic writes are deleted.
+
+        Returns:
+            counts: ``{"installed": n, "restored": n, "deleted": n}``.
+        """
+        counts = {"installed": 0, "restored": 0, "deleted": 0}
+        with self._lock:
+            index = self._read_index()
+            folders = [(self._root, None)]
+            labels_root = self._root / (index.labels_dir if index else "labels")
+            if labels_root.is_dir():
+                folders += [(p, p.name) for p in labels_root.iterdir() if p.is_dir()]
+            for folder, tag in folders:
+                for entry in os.scandir(folder):
+                    if not entry.name.startswith(".") or not entry.is_file():
+                        continue
+                    staged = _STAGED.match(entry.name)
+                    if staged is None:
+                        if ".tmp" in entry.name:
+                            os.unlink(entry.path)
+                            counts["deleted"] += 1
+                        continue
+                    outcome = self._recover_one(Path(entry.path), folder / staged["name"], staged["kind"], tag, index)
+                    counts[outcome] += 1
+        if any(counts.values()):
+            logger.warning(f"datastore recovery after an interrupted write: {counts}")
+        return counts
+
+    def _read_index(self) -> Optional[LocalDatastoreModel]:
+        try:
+            with open(os.path.join(self._root, "datastore_v2.json")) as fp:
+                return LocalDatastoreModel.model_validate_json(fp.read())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    @staticmethod
+    def _recover_one(staged: Path, final: Path, kind: str, tag: Optional[str], index) -> str:
+        entry = None
+        if index is not None:
+            for image_id, obj in index.objects.items():
+                model = obj.image if tag is None else obj.labels.get(tag)
+                if model is not None and image_id + model.ext == final.name:
+                    entry = model
+                    break
+        if kind == "pending":
+            if tag is None:
+                wanted = entry is not None and not final.exists()
+            else:
+                digest = entry.info.get("mask_sha1") if entry is not None else None
+                wanted = digest is not None and digest == _sha1(staged) and digest != _sha1(final)
+            if wanted:
+                os.replace(staged, final)
+                return "installed"
+        elif entry is not None and not final.exists():  # a removal that was not committed
+            os.replace(staged, final)
+            return "restored"
+        staged.unlink(missing_ok=True)
+        return "deleted"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where the server keeps request uploads while it checks them (created on demand)."""
+        folder = self._root / UPLOADS_DIR
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return folder
+
+    def clear_uploads(self) -> int:
+        """Delete every file left in :attr:`uploads_dir` (the server calls this once, at start); returns the count."""
+        count = 0
+        folder = self._root / UPLOADS_DIR
+        if folder.is_dir():
+            for entry in os.scandir(folder):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+                count += 1
+        return count
 
     # ------------------------------------------------------------------ reads (see changes of other processes)
 
@@ -300,9 +352,17 @@ class HardenedDatastore(LocalDatastore):
         self._load()
         return super().get_image_uri(image_id)
 
-    def get_image_info(self, image_id: str) -> Dict[str, Any]:
+    def has_image(self, image_id) -> bool:
+        """True when ``image_id`` is an image of the index (any string; no file access)."""
         self._load()
-        return super().get_image_info(image_id)
+        return isinstance(image_id, str) and image_id in self._datastore.objects
+
+    def get_image_info(self, image_id: str) -> Dict[str, Any]:
+        """The image's info; unlike the stock store, without its absolute server ``path``."""
+        self._load()
+        info = super().get_image_info(image_id)
+        info.pop("path", None)
+        return info
 
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
         self._load()
@@ -329,8 +389,13 @@ class HardenedDatastore(LocalDatastore):
         return super().list_images()
 
     def datalist(self, full_path=True) -> List[Dict[str, Any]]:
+        """Final-labelled pairs; ``full_path=False`` gives paths relative to the datastore folder."""
         self._load()
-        return super().datalist(full_path)
+        pairs = super().datalist(True)
+        if full_path:
+            return pairs
+        root = os.path.realpath(self._datastore_path)
+        return [{k: os.path.relpath(v, root) for k, v in pair.items()} for pair in pairs]
 
     def status(self) -> Dict[str, Any]:
         self._load()
@@ -352,87 +417,99 @@ class HardenedDatastore(LocalDatastore):
             HTTPException: 400 bad id, type, not decodable or bad info; 409 the id exists;
                 413 larger than :attr:`limits`.
         """
-        ext = _image_extension(os.path.basename(image_filename))
+        ext = image_extension(os.path.basename(image_filename))
         if not image_id:
             image_id = os.path.basename(image_filename)[: -len(ext)]
         check_name(image_id, "image id")
-        size = os.path.getsize(image_filename)
-        if size > self.limits.max_bytes:
-            raise client_error(
-                PAYLOAD_TOO_LARGE, f"image {image_id!r}: {size} bytes is over the limit of {self.limits.max_bytes} bytes"
-            )
         try:
-            width, height = image_size(image_filename)
-            if width * height > self.limits.max_pixels:
-                raise client_error(
-                    PAYLOAD_TOO_LARGE,
-                    f"image {image_id!r}: {width}x{height} pixels is over the limit of {self.limits.max_pixels} pixels",
-                )
-            read_image(image_filename)
+            width, height = check_upload(image_filename, self.limits, f"image {image_id!r}")
+            try:
+                read_image(image_filename)
+            except DataError as exc:
+                raise DataError(f"image {image_id!r}: {str(exc).replace(str(image_filename), 'file')}") from None
             info = validate_label_info(image_info, width, height, final=False, foreground=None)
         except DataError as exc:
+            if isinstance(exc, OverLimit) or str(exc).startswith(f"image {image_id!r}"):
+                raise _user_error(exc) from None
             raise _user_error(DataError(f"image {image_id!r}: {exc}")) from None
         for key in ("label", "box"):
             info.pop(key, None)  # image info carries no class/box; those belong to the label
 
-        dest = None
-        try:
-            with self._transaction() as store:
-                if image_id in store.objects or os.path.exists(self._image_path(image_id, ext)):
-                    raise client_error(CONFLICT, f"image {image_id!r} already exists; remove it first to replace it")
-                with atomic_path(self._image_path(image_id, ext)) as tmp:
-                    shutil.copyfile(image_filename, tmp)
-                dest = self._image_path(image_id, ext)
-                info.update({"ts": int(time.time()), "name": self._filename(image_id, ext)})
-                store.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
-        except BaseException:
-            if dest is not None:  # the index was not written: take the copied file back out
-                Path(dest).unlink(missing_ok=True)
-            raise
+        with self._lock:
+            dest = Path(self._image_path(image_id, ext))
+            pending = _staged_path(dest, "pending")
+            try:
+                with self._transaction() as store:
+                    if image_id in store.objects or dest.exists():
+                        raise client_error(CONFLICT, f"image {image_id!r} already exists; remove it first to replace it")
+                    _copy_durably(image_filename, pending)
+                    os.chmod(pending, 0o644)
+                    info.update({"ts": int(time.time()), "name": self._filename(image_id, ext)})
+                    store.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
+            except BaseException:
+                pending.unlink(missing_ok=True)
+                raise
+            os.replace(pending, dest)
         logger.info(f"Added image {image_id} ({width}x{height})")
         return image_id
 
     def _image_size(self, image_id: str) -> tuple[int, int]:
-        uri = self.get_image_uri(image_id)
+        uri = self.get_image_uri(image_id) if isinstance(image_id, str) else ""
         if not uri or not os.path.isfile(uri):
             raise client_error(NOT_FOUND, f"image {image_id!r} not found in the datastore")
         try:
-            return image_size(uri)
+            return header_size(uri, f"image {image_id!r}")
         except DataError as exc:
             raise _user_error(exc) from None
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
-        """Validate a label upload and store it as ``labels/<tag>/<image_id>.png`` (0/1) with its info.
+        """Validate a label upload and store it as ``labels/<tag>/<image_id>.png`` (0/1) with its info, as one unit.
 
         Raises:
-            HTTPException: 400 bad id/tag, mask or params; 404 unknown image.
+            HTTPException: 400 bad id/tag, mask or params (or a ``normal`` class with a non-empty
+                mask); 404 unknown image; 413 a file over the byte limit.
         """
         check_name(image_id, "image id")
         label_tag = label_tag or DefaultLabelTag.FINAL.value
         check_name(label_tag, "label tag")
         width, height = self._image_size(image_id)
         try:
+            size = os.path.getsize(label_filename)
+            if size > self.limits.max_bytes:
+                raise OverLimit(f"label file: {size} bytes is over the limit of {self.limits.max_bytes} bytes")
             mask = read_label_upload(label_filename, width, height)
-            info = validate_label_info(
-                label_info, width, height, final=label_tag == DefaultLabelTag.FINAL.value, foreground=bool(mask.any())
-            )
+            info = validate_label_info(label_info, width, height, final=label_tag == DefaultLabelTag.FINAL.value,
+                                       foreground=int(mask.sum()))
         except DataError as exc:
             raise _user_error(DataError(f"label for image {image_id!r}: {exc}")) from None
 
-        with self._transaction() as store:
-            obj = store.objects.get(image_id)
-            if obj is None:
-                raise client_error(NOT_FOUND, f"image {image_id!r} not found in the datastore")
-            label_dir = self._datastore.label_path(label_tag)
+        data = _png_bytes(mask)
+        info["mask_sha1"] = hashlib.sha1(data).hexdigest()
+        with self._lock:
+            label_dir = Path(self._datastore.label_path(label_tag))
+            label_dir.mkdir(parents=True, exist_ok=True)
             name = self._filename(image_id, ".png")
-            write_png(os.path.join(label_dir, name), mask.astype(np.uint8))
-            previous = obj.labels.get(label_tag)
+            final = label_dir / name
+            pending = _staged_path(final, "pending")
+            try:
+                with self._transaction() as store:
+                    obj = store.objects.get(image_id)
+                    if obj is None:
+                        raise client_error(NOT_FOUND, f"image {image_id!r} not found in the datastore")
+                    _write_durably(pending, data)
+                    os.chmod(pending, 0o644)
+                    previous = obj.labels.get(label_tag)
+                    info.update({"ts": int(time.time()), "name": name})
+                    obj.labels[label_tag] = DataModel(info=info, ext=".png")
+                    if info.get("patient_id") and not obj.image.info.get("patient_id"):
+                        obj.image.info["patient_id"] = info["patient_id"]
+            except BaseException:
+                pending.unlink(missing_ok=True)
+                raise
+            os.replace(pending, final)  # committed above; recover() finishes this step after a crash
+            _fsync_dir(label_dir)
             if previous is not None and previous.ext != ".png":
-                Path(label_dir, self._filename(image_id, previous.ext)).unlink(missing_ok=True)
-            info.update({"ts": int(time.time()), "name": name})
-            obj.labels[label_tag] = DataModel(info=info, ext=".png")
-            if info.get("patient_id") and not obj.image.info.get("patient_id"):
-                obj.image.info["patient_id"] = info["patient_id"]
+                (label_dir / self._filename(image_id, previous.ext)).unlink(missing_ok=True)
         logger.info(f"Saved label {label_tag} for {image_id}: {info}")
         return image_id
 
@@ -440,12 +517,19 @@ class HardenedDatastore(LocalDatastore):
         check_name(image_id, "image id")
         if not isinstance(info, dict):
             raise client_error(BAD_REQUEST, f"image info for {image_id!r}: expected a JSON object")
-        if "patient_id" in info and not isinstance(info["patient_id"], (str, int)):
+        if "patient_id" in info and (not isinstance(info["patient_id"], (str, int)) or isinstance(info["patient_id"], bool)):
             raise client_error(BAD_REQUEST, f"image info for {image_id!r}: patient_id must be text")
+        info = {k: v for k, v in info.items() if k not in ("name", "path")}
+        if info.get("loris") not in (None, {}):
+            raise client_error(BAD_REQUEST, f"image info for {image_id!r}: 'loris' holds the scores that "
+                                            "loris_scoring writes; a client may only clear it ({})")
+        strategy = info.get("strategy")
+        if strategy is not None and not (isinstance(strategy, dict) and all(isinstance(v, dict) for v in strategy.values())):
+            raise client_error(BAD_REQUEST, f"image info for {image_id!r}: 'strategy' must be an object of objects")
         if info.get("box") is not None:  # the recess box of an unlabelled image (scoring uses it)
             width, height = self._image_size(image_id)
             try:
-                info = {**info, "box": list(validate_box(info["box"], width, height, "info.box"))}
+                info["box"] = list(strict_box(info["box"], width, height, "info.box"))
             except DataError as exc:
                 raise _user_error(DataError(f"image info for {image_id!r}: {exc}")) from None
         with self._transaction() as store:
@@ -470,40 +554,108 @@ class HardenedDatastore(LocalDatastore):
         return count
 
     def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
+        """Merge ``info`` into a stored label's info; a class that contradicts the stored mask is refused."""
         check_name(label_id, "image id")
         check_name(label_tag, "label tag")
         width, height = self._image_size(label_id)
+        label_uri = self.get_label_uri(label_id, label_tag)
+        if not label_uri:
+            raise client_error(NOT_FOUND, f"no {label_tag!r} label for image {label_id!r}")
         try:
-            info = validate_label_info(info, width, height, final=False, foreground=None)
+            foreground = None
+            if isinstance(info, dict) and info.get("label") == "normal":
+                foreground = int(read_mask(label_uri).sum())
+            info = validate_label_info(info, width, height, final=False, foreground=foreground)
         except DataError as exc:
-            raise _user_error(DataError(f"label info for image {label_id!r}: {exc}")) from None
+            raise _user_error(DataError(f"label info for image {label_id!r}: {str(exc).replace(label_uri, 'label')}")) from None
+        info.pop("label_source", None)
         with self._transaction() as store:
             label = store.label(label_id, label_tag)
             if label is None:
                 raise client_error(NOT_FOUND, f"no {label_tag!r} label for image {label_id!r}")
+            if "label" in info:
+                label.info.pop("label_source", None)  # the class is now the client's, not derived
             label.info.update(info)
+
+    def _remove_files(self, files: List[Path], change) -> None:
+        """Stage ``files`` for removal, commit the index change ``change(store)``, then delete them."""
+        with self._lock:
+            staged = []
+            try:
+                with self._transaction() as store:
+                    change(store)
+                    for path in files:
+                        if path.exists():
+                            hidden = _staged_path(path, "removing")
+                            os.replace(path, hidden)
+                            staged.append((hidden, path))
+            except BaseException:
+                for hidden, path in staged:
+                    os.replace(hidden, path)
+                raise
+            for hidden, _ in staged:
+                hidden.unlink(missing_ok=True)
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         check_name(label_id, "image id")
         check_name(label_tag, "label tag")
-        with self._transaction() as store:
+        self._load()
+        label = self._datastore.label(label_id, label_tag)
+        if label is None:
+            raise client_error(NOT_FOUND, f"no {label_tag!r} label for image {label_id!r}")
+        path = Path(self._datastore.label_path(label_tag), self._filename(label_id, label.ext))
+
+        def change(store):
             obj = store.objects.get(label_id)
-            label = obj.labels.get(label_tag) if obj else None
-            if label is None:
+            if obj is None or label_tag not in obj.labels:
                 raise client_error(NOT_FOUND, f"no {label_tag!r} label for image {label_id!r}")
-            Path(store.label_path(label_tag), self._filename(label_id, label.ext)).unlink(missing_ok=True)
             del obj.labels[label_tag]
+
+        self._remove_files([path], change)
 
     def remove_image(self, image_id: str) -> None:
         check_name(image_id, "image id")
-        with self._transaction() as store:
-            obj = store.objects.get(image_id)
-            if obj is None:
+        self._load()
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            raise client_error(NOT_FOUND, f"image {image_id!r} not found in the datastore")
+        files = [Path(self._datastore.label_path(tag), self._filename(image_id, label.ext))
+                 for tag, label in obj.labels.items()]
+        files.append(Path(self._image_path(image_id, obj.image.ext)))
+
+        def change(store):
+            if image_id not in store.objects:
                 raise client_error(NOT_FOUND, f"image {image_id!r} not found in the datastore")
-            for tag, label in obj.labels.items():
-                Path(store.label_path(tag), self._filename(image_id, label.ext)).unlink(missing_ok=True)
-            Path(self._image_path(image_id, obj.image.ext)).unlink(missing_ok=True)
             del store.objects[image_id]
+
+        self._remove_files(files, change)
+
+    def get_dataset_archive(self, limit_cases: Optional[int]) -> str:
+        """A ZIP of the final-labelled images, their labels and the index, written into :attr:`uploads_dir`.
+
+        The caller deletes it after sending (the server clears that folder at start).
+
+        Raises:
+            HTTPException: 404 when no image has a final label.
+        """
+        import zipfile
+
+        pairs = self.datalist()
+        if not pairs:
+            raise client_error(NOT_FOUND, "no image has a final label yet: nothing to archive")
+        if limit_cases is not None and limit_cases >= 1:
+            pairs = pairs[:limit_cases]
+        path = self.uploads_dir / f"dataset-{uuid.uuid4().hex}.zip"
+        try:
+            with zipfile.ZipFile(path, mode="x") as archive:
+                for pair in pairs:
+                    for key, file in pair.items():
+                        archive.write(file, arcname=os.path.join(key, os.path.basename(file)))
+                archive.writestr("metadata.json", self._datastore.model_dump_json(exclude={"base_path"}))
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return str(path)
 
     def set_name(self, name: str):
         with self._transaction() as store:
@@ -514,4 +666,5 @@ class HardenedDatastore(LocalDatastore):
             store.description = description
 
 
-__all__ = ["HardenedDatastore", "UploadLimits", "check_name", "read_label_upload", "validate_label_info"]
+__all__ = ["HardenedDatastore", "IMAGE_PATTERNS", "LABEL_EXTENSIONS", "OverLimit", "UploadLimits", "UPLOADS_DIR",
+           "check_name", "check_upload", "header_size", "read_label_upload", "validate_label_info"]

@@ -124,6 +124,16 @@ class ServerHandle:
         except ProcessLookupError:
             pass
 
+    def kill(self) -> None:
+        """SIGKILL the server's whole process group at once (a crash: nothing gets to clean up)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=30)
+
     def __enter__(self) -> "ServerHandle":
         return self
 

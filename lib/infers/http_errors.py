@@ -16,7 +16,8 @@ from fastapi import HTTPException
 from lib.errors import DataError, ModelError, NoBoxError, NotTrainedError
 
 BAD_REQUEST = 400
-FORBIDDEN = 403  # a read-only datastore
+UNAUTHORIZED = 401  # no or a wrong access token
+FORBIDDEN = 403  # a read-only datastore; a protected request from beyond this machine without a token configured
 NOT_FOUND = 404
 CONFLICT = 409  # the model is not trained yet (train it first)
 PAYLOAD_TOO_LARGE = 413

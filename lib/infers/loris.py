@@ -101,7 +101,11 @@ class LorisInfer(DatastoreImageInfer):
         with user_errors("loris"):
             data["box"] = request_box(data, width, height)
             metric = data.get("metric")
-            data["metric"] = (metric[0] if metric else None) if isinstance(metric, list) else (metric or None)
+            if isinstance(metric, list):
+                metric = metric[0] if metric else None
+            if metric is not None and not isinstance(metric, str):
+                raise DataError(f"params.metric: expected a metric name, got {metric!r}")
+            data["metric"] = metric or None
         return data
 
     def run_inferer(self, data: Dict[str, Any], convert_to_batch=True, device="cuda"):

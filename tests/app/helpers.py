@@ -26,22 +26,28 @@ def read_png(data: bytes) -> np.ndarray:
         return np.asarray(img)
 
 
-def put_label(url: str, image: str, mask: np.ndarray, params: dict | None, tag: str = "final", name="label.png",
-              data: bytes | None = None) -> requests.Response:
+def put_label(url: str, image: str, mask: np.ndarray, params: dict | str | None, tag: str = "final",
+              name="label.png", data: bytes | None = None, headers: dict | None = None) -> requests.Response:
+    """``PUT /datastore/label``; ``params`` as a dict (sent as JSON) or as the raw form text."""
     files = {"label": (name, png_bytes(mask) if data is None else data, "image/png")}
-    return requests.put(f"{url}/datastore/label", params={"image": image, "tag": tag},
-                        data={"params": json.dumps(params or {})}, files=files, timeout=TIMEOUT)
+    text = params if isinstance(params, str) else json.dumps(params or {})
+    return requests.put(f"{url}/datastore/label", params={"image": image, "tag": tag}, data={"params": text},
+                        files=files, headers=headers, timeout=TIMEOUT)
 
 
-def put_image(url: str, image: str | None, data: bytes, name: str = "upload.png") -> requests.Response:
+def put_image(url: str, image: str | None, data: bytes, name: str = "upload.png", params: str = "{}",
+              headers: dict | None = None) -> requests.Response:
     query = {"image": image} if image is not None else {}
     return requests.put(f"{url}/datastore/image", params=query, files={"file": (name, data, "image/png")},
-                        data={"params": "{}"}, timeout=TIMEOUT)
+                        data={"params": params}, headers=headers, timeout=TIMEOUT)
 
 
-def infer_json(url: str, model: str, image: str, params: dict | None = None) -> requests.Response:
-    return requests.post(f"{url}/infer/{model}", params={"image": image, "output": "json"},
-                         data={"params": json.dumps(params or {})}, timeout=TIMEOUT)
+def infer_json(url: str, model: str, image: str, params: dict | str | None = None,
+               headers: dict | None = None) -> requests.Response:
+    """``POST /infer/<model>?image=<id>&output=json``; ``params`` as a dict or as the raw form text."""
+    text = params if isinstance(params, str) else json.dumps(params or {})
+    return requests.post(f"{url}/infer/{model}", params={"image": image, "output": "json"}, data={"params": text},
+                         headers=headers, timeout=TIMEOUT)
 
 
 def snapshot(datastore: Path) -> dict:

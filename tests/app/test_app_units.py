@@ -99,3 +99,113 @@ def test_label_writes_from_four_processes_are_all_kept(tmp_path):
     index = json.loads((root / "datastore_v2.json").read_text())["objects"]
     boxes = {k: v["labels"].get("final", {}).get("info", {}).get("box") for k, v in index.items()}
     assert boxes == {f"img{k:02d}": [k % 12, 0, k % 12 + 4, 4] for k in range(40)}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{bad", "not valid JSON"), ("[1, 2]", "JSON object"), ('"str"', "JSON object"), ("null", "JSON object"),
+    ('{"box": [NaN, 1, 2, 3]}', "NaN"), ('{"box": [Infinity, 1, 2, 3]}', "Infinity"), ('{"x": 1e400}', "1e400"),
+    ("[" * 100000 + "]" * 100000, "nested too deeply"), ('{"a":' * 40 + "1" + "}" * 40, "nested too deeply"),
+    ('{"x": ' + "9" * 5000 + "}", "not valid JSON"), (b"\xff\xfe", "UTF-8"),
+])
+def test_params_that_are_not_a_plain_json_object_are_refused_naming_the_field(text, message):
+    from lib.infers.params import parse_params
+
+    with pytest.raises(DataError) as err:
+        parse_params(text, "params")
+    assert str(err.value).startswith("params") and message in str(err.value)
+
+
+def test_params_parse_to_a_dict_and_empty_means_none():
+    from lib.infers.params import parse_params
+
+    assert parse_params('{"box": [1, 2, 3.0, 4], "deep": [[[1]]]}') == {"box": [1, 2, 3.0, 4], "deep": [[[1]]]}
+    assert parse_params("") == parse_params(None) == parse_params("  ") == {}
+
+
+@pytest.mark.parametrize("box", ["1234", [True, 2, 30, 20], [1, 2, 30, "20"], {"x": 1}, [1, 2, 30], [1.5, 2, 30, 20],
+                                 [float("nan"), 2, 30, 20], [1, 2, 10 ** 400, 20]])
+def test_a_box_is_four_whole_finite_numbers(box):
+    from lib.infers.params import strict_box
+
+    with pytest.raises(DataError) as err:
+        strict_box(box, 40, 30, "params.box")
+    assert "params.box" in str(err.value)
+
+
+def _png_header(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IEND", b""))
+
+
+def test_upload_size_and_pixels_are_checked_from_the_header_before_decoding(tmp_path):
+    from lib.upload_checks import OverLimit, UploadLimits, check_upload, header_size
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_header(30000, 30000))  # no pixel data at all: only the header can be read
+    assert header_size(bomb, "file") == (30000, 30000)
+    with pytest.raises(OverLimit, match="30000x30000 pixels is over the limit"):
+        check_upload(bomb, UploadLimits(), "file")
+    with pytest.raises(OverLimit, match="bytes is over the limit"):
+        check_upload(bomb, UploadLimits(max_bytes=10), "file")
+    jpeg = tmp_path / "frame.jpg"
+    from PIL import Image
+
+    Image.new("L", (33, 21)).save(jpeg)
+    assert check_upload(jpeg, UploadLimits(), "file") == (33, 21)
+
+
+def test_nrrd_labels_are_read_when_single_slice_and_refused_by_size_first(tmp_path):
+    import SimpleITK as sitk
+
+    from lib.upload_checks import read_label_upload
+
+    mask = np.zeros((1, 12, 16), dtype=np.uint8)
+    mask[0, 2:5, 3:9] = 1
+    sitk.WriteImage(sitk.GetImageFromArray(mask), str(tmp_path / "one.nrrd"))
+    np.testing.assert_array_equal(read_label_upload(str(tmp_path / "one.nrrd"), 16, 12), mask[0] != 0)
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 12, 16), dtype=np.uint8)), str(tmp_path / "two.nrrd"))
+    with pytest.raises(DataError, match="one 2D frame"):
+        read_label_upload(str(tmp_path / "two.nrrd"), 16, 12)
+    (tmp_path / "big.png").write_bytes(_png_header(20000, 20000))
+    with pytest.raises(DataError, match="20000x20000"):
+        read_label_upload(str(tmp_path / "big.png"), 16, 12)
+
+
+@pytest.mark.parametrize("info,foreground,message", [
+    ({"label": "normal"}, 3, "contradicts"), ({"label": 1}, 0, "params.label"), ({"label": ["normal"]}, 0, "params.label"),
+    ({"box": "1234"}, 0, "params.box"), ({"patient_id": True}, 0, "params.patient_id"),
+])
+def test_label_params_are_typed_strictly_and_a_class_never_contradicts_its_mask(info, foreground, message):
+    from lib.upload_checks import validate_label_info
+
+    with pytest.raises(DataError, match=message.replace(".", r"\.")):
+        validate_label_info(info, 40, 30, final=True, foreground=foreground)
+    kept = validate_label_info({"mask_sha1": "forged", "label_source": "forged", "ts": 1}, 40, 30, final=True,
+                               foreground=0)
+    assert kept == {"label": "normal", "label_source": "mask"}
+
+
+def test_app_config_reads_the_token_from_a_file_never_the_command_line(tmp_path):
+    from lib.configs.app_config import AppConfig
+
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token-of-enough-length\n")
+    config = AppConfig.from_conf({"auth_token_file": str(token_file), "cors_origins": "https://a.example, "
+                                                                                      "https://b.example/"},
+                                 tmp_path, environ={})
+    assert config.auth_token == "s3cret-token-of-enough-length" and "s3cret" not in repr(config)
+    assert config.cors_origins == ("https://a.example", "https://b.example")
+    assert AppConfig.from_conf({}, tmp_path, environ={"LORIS_AUTH_TOKEN": "x" * 16}).auth_token == "x" * 16
+    assert AppConfig.from_conf({}, tmp_path, environ={}).auth_token is None
+    for conf, environ, message in (({"auth_token_file": str(tmp_path / "missing")}, {}, "cannot read"),
+                                   ({}, {"LORIS_AUTH_TOKEN": "short"}, "at least 16"),
+                                   ({"auth_scope": "some"}, {}, "auth_scope"),
+                                   ({"cors_origins": "evil.example"}, {}, "cors_origins")):
+        with pytest.raises(DataError, match=message):
+            AppConfig.from_conf(conf, tmp_path, environ=environ)

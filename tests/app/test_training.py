@@ -62,13 +62,13 @@ def test_training_both_models_completes_and_serves_without_restart(server, resto
     assert stats["loris"]["n_images"] > 0
 
 
-def test_failed_or_stopped_training_leaves_the_previous_model_serving(server):
+def test_refused_or_stopped_training_leaves_the_previous_model_serving(server):
     model = server.models_dir / "loris" / "model.pt"
     before = _checksum(model)
-    assert requests.post(f"{server.url}/train/loris", json={**TINY_TRAIN, "learning_rate": -1},
-                         timeout=TIMEOUT).status_code == 200
-    status = wait_train_done(server.url)
-    assert status["status"] == "ERROR" and any("learning_rate" in line for line in status["details"]), status
+    for bad in ({"learning_rate": -1}, {"max_epochs": True}, {"max_epochs": "many"}):
+        refused = requests.post(f"{server.url}/train/loris", json={**TINY_TRAIN, **bad}, timeout=TIMEOUT)
+        assert refused.status_code == 400 and next(iter(bad)) in refused.json()["detail"], refused.text
+    assert requests.post(f"{server.url}/train/no_such_model", json=TINY_TRAIN, timeout=TIMEOUT).status_code == 404
 
     assert requests.post(f"{server.url}/train/loris", json=TINY_TRAIN, timeout=TIMEOUT).status_code == 200
     wait_train_running(server.url)
