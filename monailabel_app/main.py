@@ -38,8 +38,8 @@ from lib.data.atomic import atomic_dir  # noqa: E402
 from lib.datastore import HardenedDatastore, check_name  # noqa: E402
 from lib.errors import DataError  # noqa: E402
 from lib.infers.http_errors import BAD_REQUEST, NOT_FOUND, client_error  # noqa: E402
-from lib.infers.loris import _load_predictor  # noqa: E402
-from lib.infers.recess_detection import _load_detector  # noqa: E402
+from lib.infers.loris import load_predictor  # noqa: E402
+from lib.infers.recess_detection import load_detector  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ TASK_CONFIGS = {"loris": LorisConfig, "recess_detection": RecessDetectionConfig}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-MODEL_LOADERS = {"loris": _load_predictor, "recess_detection": _load_detector}
+MODEL_LOADERS = {"loris": load_predictor, "recess_detection": load_detector}
 """How ``PUT /model/<name>`` checks that an uploaded ``model.pt`` is a model of that name: the infer tasks' own loaders."""
 
 

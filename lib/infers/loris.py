@@ -62,13 +62,14 @@ logger = logging.getLogger(__name__)
 OUTPUTS = ("segmentation", "anomaly_map")
 
 
-def _load_predictor(model_dir: Path, device: str):
+def load_predictor(model_dir: Path, device: str):
+    """The :class:`LorisPredictor` of ``model_dir`` (what the infer tasks serve; also checks uploaded models)."""
     return LorisPredictor.load(model_dir, device=device)
 
 
 def predictor_cache(model_dir: Path) -> ModelCache:
     """The shared loaded :class:`LorisPredictor` of ``model_dir`` (infer tasks and scoring use the same)."""
-    return ModelCache.for_dir(model_dir, _load_predictor, "loris")
+    return ModelCache.for_dir(model_dir, load_predictor, "loris")
 
 
 class LorisInfer(DatastoreImageInfer):

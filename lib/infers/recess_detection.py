@@ -27,7 +27,8 @@ from lib.infers.http_errors import user_errors
 from lib.infers.model_cache import ModelCache
 
 
-def _load_detector(model_dir: Path, device: str):
+def load_detector(model_dir: Path, device: str):
+    """The recess detector of ``model_dir`` (what the infer tasks serve; also checks uploaded models)."""
     from lib.detection.infer import RecessDetector
 
     return RecessDetector.load(model_dir, device=device)
@@ -35,7 +36,7 @@ def _load_detector(model_dir: Path, device: str):
 
 def detector_cache(model_dir: Path) -> ModelCache:
     """The shared loaded :class:`RecessDetector` of ``model_dir`` (both infer tasks and scoring use it)."""
-    return ModelCache.for_dir(model_dir, _load_detector, "recess_detection")
+    return ModelCache.for_dir(model_dir, load_detector, "recess_detection")
 
 
 class RecessDetectionInfer(DatastoreImageInfer):
