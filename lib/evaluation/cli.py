@@ -89,9 +89,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "no answer, counted as normal), skip (the same in an evaluation), or whole_image")
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds and the training (default 0)")
     parser.add_argument("--quick", action="store_true",
-                        help="start from the small CPU presets (128 px, a small MONAI UNet, Adam 2e-3, 100 epochs, "
-                             "patience 25) instead of the paper's (reference U-Net, 256 px, Adam 1e-4, 1000 epochs, "
-                             "patience 50)")
+                        help="start from the small CPU presets (128 px, the reference U-Net with channels "
+                             "8-16-32-64-128, Adam 2e-3, 100 epochs, patience 25) instead of the paper's (reference "
+                             "U-Net 64-128-256-512-512, 256 px, Adam 1e-4, 1000 epochs, patience 50)")
     parser.add_argument("--architecture", choices=ARCHITECTURES,
                         help="network of every network method (default: the preset's; reference = the paper's)")
     parser.add_argument("--channels", type=int, nargs="+", metavar="C",

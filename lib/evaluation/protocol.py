@@ -98,7 +98,7 @@ from lib.loris.anomaly import METRICS
 from lib.loris.calibration import fit_calibration
 from lib.loris.masking import box_mask, fill_box, riad_masks
 from lib.loris.postprocess import segment
-from lib.loris.settings import POOLINGS, SCORE_REGIONS, LorisSettings
+from lib.loris.settings import NETWORKS, POOLINGS, SCORE_REGIONS, LorisSettings
 
 FORMAT_VERSION = 2
 
@@ -123,8 +123,9 @@ class EvaluationConfig:
         quick: start from the small CPU presets (``LorisSettings.quick()``, ``DetectorSettings.quick()``).
         augment: train the network methods with box jitter and intensity gain (the paper has none).
         pooling, score_region: LoRIS's headline score (None = the settings' default, the paper's mean in the box).
-        architecture: the network of every network method (None = the preset's).
-        channels: its channels per level (None = the preset's, or the other preset's with ``architecture``).
+        architecture: the network of every network method (None = the preset's; another one comes with its
+            default channels, :data:`lib.loris.settings.NETWORKS`).
+        channels: its channels per level (None = the preset's or the architecture's).
         detector_epochs: detector training length (None = ``epochs``, or the detector's default).
         detector_image_size: the detector's input side (None = the detector preset's own, independent
             of ``image_size``: the box is found on its grid and mapped back to the image's pixels).
@@ -200,9 +201,7 @@ class EvaluationConfig:
         """
         base = LorisSettings.quick() if self.quick else LorisSettings()
         if self.architecture is not None and self.architecture != base.architecture:
-            other = LorisSettings() if self.architecture == "reference" else LorisSettings.quick()
-            base = base.replace(architecture=other.architecture, channels=other.channels, strides=other.strides,
-                                num_res_units=other.num_res_units)
+            base = base.replace(**NETWORKS[self.architecture])
         if self.channels is not None:
             base = base.replace(channels=tuple(self.channels), strides=(2,) * (len(self.channels) - 1))
         metric = self.metrics[0] if self.metrics else base.metric

@@ -12,7 +12,8 @@ copy); MODEL_DIR/checkpoint_last.pt allows --resume.
 
 Defaults are the paper's (the reference U-Net, 256 px, Adam 1e-4, batch 4,
 1000 epochs, patience 50, no augmentation): a GPU job. --quick is a CPU demo
-preset (128 px, a small MONAI UNet, Adam 2e-3, 100 epochs, patience 25).
+preset (128 px, the same U-Net design with channels 8-16-32-64-128, Adam 2e-3,
+100 epochs, patience 25).
 
 Examples:
   python -m lib sample-data --out data/sample
@@ -26,14 +27,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lib.loris.settings import ARCHITECTURES, METRICS, MODES, POOLINGS, SCORE_REGIONS, LorisSettings
+from lib.loris.settings import ARCHITECTURES, METRICS, MODES, NETWORKS, POOLINGS, SCORE_REGIONS, LorisSettings
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, metavar="DIR", help="data set folder (flat, reference or datastore)")
     parser.add_argument("--out", required=True, type=Path, metavar="MODEL_DIR", help="model directory to write")
     parser.add_argument("--quick", action="store_true",
-                        help="CPU demo preset: 128 px, small MONAI UNet, Adam 2e-3, 100 epochs, patience 25")
+                        help="CPU demo preset: 128 px, small reference U-Net (8-16-32-64-128), Adam 2e-3, "
+                             "100 epochs, patience 25")
     parser.add_argument("--epochs", type=int, metavar="N", help="maximum epochs (default 1000; quick 100)")
     parser.add_argument("--patience", type=int, metavar="P", help="early-stopping patience in epochs (default 50; quick 25)")
     parser.add_argument("--batch-size", type=int, metavar="B", help="mini-batch size (default 4)")
@@ -41,7 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, metavar="S", help="network grid side in pixels (default 256; quick 128)")
     parser.add_argument("--metric", choices=METRICS, help="default anomaly-map metric of the model (default msgmsd)")
     parser.add_argument("--architecture", choices=ARCHITECTURES,
-                        help="network: reference (the paper's U-Net, default) or unet (MONAI UNet; quick)")
+                        help="network: reference (the paper's U-Net, default; 64-128-256-512-512) or unet (a small "
+                             "MONAI UNet, 16-32-64-128-128); --channels changes the channels")
     parser.add_argument("--channels", type=int, nargs="+", metavar="C",
                         help="network channels per level, the first level first (default: the preset's)")
     parser.add_argument("--pooling", choices=POOLINGS, help="image score pooling (default mean, paper)")
@@ -59,13 +62,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _architecture(args: argparse.Namespace) -> dict:
-    """The network fields of ``--architecture`` (the other preset's network when it is not the preset's own)
-    and ``--channels`` (strides of 2 between its levels)."""
-    out = {}
-    if args.architecture is not None:
-        other = LorisSettings() if args.architecture == "reference" else LorisSettings.quick()
-        out.update(architecture=args.architecture, channels=other.channels, strides=other.strides,
-                   num_res_units=other.num_res_units)
+    """The network fields of ``--architecture`` (:data:`~lib.loris.settings.NETWORKS`) and ``--channels`` (strides
+    of 2 between its levels)."""
+    out = dict(NETWORKS[args.architecture]) if args.architecture is not None else {}
     if args.channels:
         out.update(channels=tuple(args.channels), strides=(2,) * (len(args.channels) - 1))
     return out

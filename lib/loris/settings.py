@@ -36,6 +36,14 @@ ARCHITECTURES = ("reference", "unet")
 """``reference``: the reference code's U-Net (full-resolution stage and skip); ``unet``: MONAI's ``UNet``
 (first stage strided). See :mod:`lib.loris.network`."""
 
+NETWORKS = {
+    "reference": dict(architecture="reference", channels=(64, 128, 256, 512, 512), strides=(2, 2, 2, 2),
+                      num_res_units=0),
+    "unet": dict(architecture="unet", channels=(16, 32, 64, 128, 128), strides=(2, 2, 2, 2), num_res_units=1),
+}
+"""The network fields of each architecture at its default size: the paper's reference U-Net, and the small
+MONAI ``UNet`` of earlier CPU presets (``train --architecture unet``)."""
+
 MODES = ("loris", "autoencoder", "riad")
 """Network input: ``loris`` = the box filled with black (one mask, one pass); ``autoencoder`` = the
 unmasked image; ``riad`` = RIAD's disjoint random grid masks at several cell sizes, stitched."""
@@ -118,17 +126,18 @@ class LorisSettings(ModelSettings):
 
     QUICK: ClassVar[dict] = dict(
         image_size=128,
-        architecture="unet",
-        channels=(16, 32, 64, 128, 128),
+        architecture="reference",
+        channels=(8, 16, 32, 64, 128),
         strides=(2, 2, 2, 2),
-        num_res_units=1,
+        num_res_units=0,
         max_epochs=100,
         patience=25,
         learning_rate=2e-3,
         ssim_win_size=7,
     )
-    """The CPU demo preset (:meth:`quick`): 128 px, a small MONAI UNet, Adam 2e-3, 100 epochs, patience 25; about
-    ten minutes on two CPU cores for the sample data. Not the paper's configuration."""
+    """The CPU demo preset (:meth:`quick`): 128 px, the reference U-Net's design (full-resolution stage and skip)
+    with channels 8-16-32-64-128 (0.7 M parameters), Adam 2e-3, 100 epochs, patience 25. Not the paper's
+    configuration; why these channels: ``docs/quick-preset.md``."""
 
     def validate(self) -> "LorisSettings":
         """Check every field; raise :class:`DataError` naming the field and the valid values."""
