@@ -31,6 +31,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from lib.loris.settings import ARCHITECTURES, METRICS, MODES, POOLINGS, SCORE_REGIONS, LorisSettings
@@ -67,6 +68,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "its local rank)")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="the network's forward while training: float32 (default), bf16 or fp16 autocast (GPU)")
+    parser.add_argument("--time-budget", type=float, metavar="MINUTES",
+                        help="stop after this many minutes of training (the epoch under way is dropped; the best "
+                             "epoch so far is calibrated and saved)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -96,13 +100,25 @@ def settings_from_args(args: argparse.Namespace) -> LorisSettings:
 
 def main(args: argparse.Namespace) -> int:
     from lib.data.dataset import load_dataset
+    from lib.errors import DataError
     from lib.loris.train import train
 
     settings = settings_from_args(args)
+    should_stop = None
+    if args.time_budget is not None:
+        if args.time_budget <= 0:
+            raise DataError(f"--time-budget must be a positive number of minutes, got {args.time_budget}")
+        deadline = time.monotonic() + 60.0 * args.time_budget
+
+        def should_stop() -> bool:
+            return time.monotonic() > deadline
     dataset = load_dataset(args.data)
     summary = train(dataset.records, args.out, settings, resume=args.resume, progress=not args.no_progress,
-                    device=args.device, precision=args.precision)
-    stopped = f"{summary['epochs_run']} epochs ({summary['stopped'].replace('_', ' ')})"
+                    device=args.device, precision=args.precision, should_stop=should_stop)
+    reason = summary["stopped"].replace("_", " ")
+    if summary["stopped"] == "cancelled" and should_stop is not None:
+        reason = f"time budget of {args.time_budget:g} min"
+    stopped = f"{summary['epochs_run']} epochs ({reason})"
     if summary["rank"] != 0:
         print(f"rank {summary['rank']} of world size {summary['world_size']}: {stopped} on {summary['device']}; "
               "rank 0 writes the model")
@@ -113,7 +129,8 @@ def main(args: argparse.Namespace) -> int:
           f"+ {summary['n_valid_distended']} distended ({summary['valid_source']}); "
           f"{stopped}, best epoch "
           f"{summary['best_epoch']} (validation loss {summary['best_value']:.4f}), {summary['seconds']:.1f} s on "
-          f"{summary['device']} ({summary['precision']})")
+          f"{summary['device']} ({summary['precision']})"
+          + (f", peak GPU memory {summary['gpu_peak_memory_mb']:.0f} MB" if summary["gpu_peak_memory_mb"] else ""))
     if summary["world_size"] > 1:
         print(f"world size {summary['world_size']}: {summary['world_size']} processes trained together "
               f"(batch {settings.batch_size} per process, {settings.batch_size * summary['world_size']} per step); "

@@ -21,7 +21,8 @@ The same for every model:
 - the device is ``"cpu"``, ``"cuda"``, ``"cuda:N"``, or ``"auto"``/None (CUDA when available);
 - the summary has the same keys: ``epochs_run``, ``best_epoch``, ``monitor``, ``best_value``,
   ``stopped`` (``early_stopping`` | ``max_epochs`` | ``cancelled``), ``resumed``, ``device``,
-  ``seconds``, ``history``, ``world_size``, ``rank``, ``rank_epochs``.
+  ``seconds``, ``history``, ``world_size``, ``rank``, ``rank_epochs``, ``gpu_peak_memory_mb`` (the most
+  memory PyTorch held on this rank's GPU during training; None on the CPU).
 
 Several processes (``torchrun``, MONAI Label's ``multi_gpu``): :mod:`lib.training.distributed` says what
 ``fit`` does then (the same epoch records and stopping epoch on every rank, rank 0 alone writing) and
@@ -124,6 +125,9 @@ def fit(*, kind: ModelKind, out_dir: str | os.PathLike, settings, network: torch
     world = world or distributed.current()
     out_dir = Path(out_dir)
     started = time.monotonic()
+    gpu = torch.device(device) if device is not None and torch.device(device).type == "cuda" else None
+    if gpu is not None:
+        torch.cuda.reset_peak_memory_stats(gpu)
     stateful = dict(stateful or {})
     stopper = EarlyStopping(settings.patience, mode)
     best_state = best_state or network.state_dict
@@ -190,5 +194,6 @@ def fit(*, kind: ModelKind, out_dir: str | os.PathLike, settings, network: torch
                "best_value": stopper.best_value, "stopped": stopped, "resumed": checkpoint is not None,
                "device": str(device) if device is not None else None,
                "seconds": time.monotonic() - started, "history": history,
-               "world_size": world.world_size, "rank": world.rank, "rank_epochs": distributed.gather(epoch, world)}
+               "world_size": world.world_size, "rank": world.rank, "rank_epochs": distributed.gather(epoch, world),
+               "gpu_peak_memory_mb": torch.cuda.max_memory_allocated(gpu) / 2 ** 20 if gpu is not None else None}
     return Fit(kept, summary)
