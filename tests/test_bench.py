@@ -26,6 +26,7 @@ TOP_KEYS = {
     "pipeline_steps_alone_ms", "pipeline_steps_alone_to_forward_ratio",
     "rest_ms", "rest_overhead_ratio", "rest_overhead_ratio_min", "pipeline_to_forward_ratio_min", "server_peak_rss_mb", "server_rss_idle_mb",
     "presets", "backends", "scoring_images_per_s", "train_images_per_s", "bare_train_images_per_s", "train_ratio_to_bare",
+    "train_seconds_per_epoch", "precision",
     "targets", "stage_seconds", "seconds",
 }
 
@@ -57,6 +58,12 @@ def test_quick_bench_writes_every_measurement_as_json(tmp_path):
     for name, entry in res["backends"].items():  # ONNX Runtime is optional: then it says why it is missing
         assert set(entry) == {"forward_ms", "to_eager", "max_abs_diff"} or (name == "onnxruntime" and entry["unavailable"])
     assert res["backends"]["eager"]["max_abs_diff"] == 0 and res["backends"]["torchscript"]["max_abs_diff"] < 1e-4
+    precision = res["precision"]  # bf16 runs on the CPU; fp16 needs CUDA and says so
+    assert precision["tolerance"] == {"reconstruction_max_abs": 0.05, "score_rel": 0.05}
+    assert "CUDA" in precision["fp16"]["unavailable"] and precision["float32"]["train_images_per_s"] > 0
+    assert precision["bf16"]["forward_speedup"] > 0 and isinstance(precision["bf16"]["within_tolerance"], bool)
+    assert set(precision["bf16"]["score_rel"]) == {"msgmsd", "dd"} and precision["bf16"]["reconstruction_max_abs"] >= 0
+    assert "gpu_peak_memory_mb" not in res  # CUDA only
     assert set(res["pipeline_steps_ms"]) == {"read", "predict", "write"}
     for step in [*res["pipeline_steps_ms"].values(), res["pipeline_without_writes_ms"]]:
         assert step["n"] == res["pipeline_ms"]["n"] and 0 < step["min"] <= step["p50"]  # one entry per timed run
