@@ -87,3 +87,12 @@ def test_two_gloo_processes_agree_on_every_decision():
         assert out["buffers"] == [1.0, 1.0]  # rank 0's running statistics
         assert out["ddp"] == "DistributedDataParallel"
     assert first["grad"] == second["grad"] == [[1.5, 1.5]]  # mean of the inputs (1, 1) and (2, 2)
+
+
+def test_commands_that_are_not_data_parallel_refuse_a_multi_process_launch(monkeypatch, tmp_path, capsys):
+    from lib.__main__ import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["sample-data", "--out", str(tmp_path / "s")]) == 2
+    assert "python -m lib sample-data runs in one process; launch it without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
