@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             from lib.training.distributed import launched  # imports torch: only under a launcher
 
             if launched():
-                    raise LorisError(f"python -m lib {args.command} runs in one process; launch it without torchrun "
+                raise LorisError(f"python -m lib {args.command} runs in one process; launch it without torchrun "
                                  f"(torchrun trains data-parallel with: {', '.join(DATA_PARALLEL)})")
         return int(args._main(args) or 0)
     except LorisError as exc:
