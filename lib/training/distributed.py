@@ -53,6 +53,10 @@ What a model's training function must do to get DDP (as :func:`lib.loris.train.t
    (then ``images`` is left out and the ranks' equal values average to themselves).
 6. Pass ``world=world`` to :func:`~lib.training.loop.fit`; after it, only ``world.is_main`` calibrates
    and writes the model folder; the other ranks return the summary.
+7. Let the launchers in: add its command to :data:`lib.__main__.DATA_PARALLEL` (other commands refuse a
+   multi-process launch) and set ``data_parallel = True`` on its MONAI Label trainer
+   (:class:`lib.trainers.core_task.CoreTrainTask`; with ``multi_gpu`` every rank then trains, else rank 0
+   trains alone); print only on rank 0 (``summary["rank"]``).
 
 The other ranks' processes exit when training ends; rank 0 goes on to calibrate and publish. A rank
 that fails ends the launch (torchrun and ``torch.multiprocessing.spawn`` stop the other processes).
