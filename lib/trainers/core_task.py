@@ -238,7 +238,7 @@ class CoreTrainTask(BasicTrainTask):
                 "n_images": len(records),
                 "settings": settings.to_dict(),
                 "precision": precision,
-                "world_size": summary.get("world_size", 1) if isinstance(summary, dict) else 1,
+                "world_size": summary.get("world_size", 1),
                 "summary": json.loads(json.dumps(summary, default=str)),
             }
             write_json(tmp / STATS_FILE, stats)
