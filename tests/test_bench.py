@@ -109,6 +109,12 @@ def test_table_reports_unmet_targets():
         "rest_ms": {"p50": 22.0, "p95": 30.0, "min": 20.0}, "rest_overhead_ratio": 1.1, "rest_overhead_ratio_min": 1.11, "server_peak_rss_mb": 900.0,
         "server_rss_idle_mb": 800.0, "scoring_images_per_s": 3.0, "scoring_images": 8, "scoring_batch_size": 8,
         "train_images_per_s": 1.0, "bare_train_images_per_s": 2.0, "train_ratio_to_bare": 0.5,
+        "train_seconds_per_epoch": 8.0, "train_images": 8,
+        "precision": {"forward_batch": 16, "fp16": {"unavailable": "precision fp16 needs a CUDA device"},
+                      "float32": {"forward_ms": 100.0, "train_step_ms": 200.0, "train_images_per_s": 20.0},
+                      "bf16": {"forward_ms": 50.0, "train_step_ms": 100.0, "train_images_per_s": 40.0,
+                               "forward_speedup": 2.0, "train_speedup": 2.0, "reconstruction_max_abs": 0.2,
+                               "score_rel": {"msgmsd": 0.01}, "within_tolerance": False}},
     }
     from lib.bench import check_targets
 
@@ -119,6 +125,8 @@ def test_table_reports_unmet_targets():
     assert "forward in onnxruntime" in table and "not installed" in table
     assert "GOMP_SPINCOUNT=3000" in table.splitlines()[0]  # thread settings are part of the machine line
     assert "their sum 3.00 x forward alone" in table
+    assert "x2.00 / x2.00 float32; reconstruction max |diff| 0.200, scores msgmsd 1.0% of their spread: OUTSIDE" in table
+    assert "precision fp16 needs a CUDA device" in table
 
 
 def test_bench_rejects_a_non_empty_workdir(tmp_path):
