@@ -58,8 +58,9 @@ What a model's training function must do to get DDP (as :func:`lib.loris.train.t
    (:class:`lib.trainers.core_task.CoreTrainTask`; with ``multi_gpu`` every rank then trains, else rank 0
    trains alone); print only on rank 0 (``summary["rank"]``).
 
-The other ranks' processes exit when training ends; rank 0 goes on to calibrate and publish. A rank
-that fails ends the launch (torchrun and ``torch.multiprocessing.spawn`` stop the other processes).
+When training ends, rank 0 calibrates and publishes while the other ranks wait for it at the end of
+:func:`process_group` (a barrier: no rank tears down its connections while another still communicates).
+A rank that fails ends the launch (torchrun and ``torch.multiprocessing.spawn`` stop the other processes).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def process_group(device: str | torch.device | None = "auto", *, rank: int | Non
     - ``world_size`` > 1 given (MONAI Label's spawn) or a torchrun launch (``WORLD_SIZE`` > 1): joins the
       group (``init_method``; ``env://`` reads ``MASTER_ADDR``/``MASTER_PORT``), backend NCCL for a GPU
       ``device`` and gloo for the CPU unless ``backend`` is given, selects the local rank's GPU, and
-      leaves the group at the end.
+      leaves the group at the end, once every rank has reached it (rank 0's publishing included).
     - Otherwise: a world of one.
     """
     if dist.is_available() and dist.is_initialized():
@@ -184,6 +185,7 @@ def process_group(device: str | torch.device | None = "auto", *, rank: int | Non
     dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world_size)
     try:
         yield World(rank, world_size, local_rank, backend)
+        dist.barrier()  # no rank leaves (and tears down its connections) while another still communicates
     finally:
         dist.destroy_process_group()
 
