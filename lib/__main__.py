@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from lib.errors import LorisError
@@ -24,6 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("lib.evaluation.cli", "cross-validated evaluation with baselines and a report"),
     "bench": ("lib.bench", "measure latency and throughput against the machine's limit"),
 }
+DATA_PARALLEL = ("train",)
+"""The commands that train data-parallel when launched as several processes (``torchrun --nproc_per_node N``);
+the others run in one process and refuse such a launch (each process would write the same files)."""
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -54,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if "WORLD_SIZE" in os.environ and args.command not in DATA_PARALLEL:
+            from lib.training.distributed import launched  # imports torch: only under a launcher
+
+            if launched():
+                raise LorisError(f"python -m lib {args.command} runs in one process; launch it without torchrun "
+                                 f"(torchrun trains data-parallel with: {', '.join(DATA_PARALLEL)})")
         return int(args._main(args) or 0)
     except LorisError as exc:
         print(f"error: {exc}", file=sys.stderr)

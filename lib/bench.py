@@ -55,6 +55,13 @@ What is measured (times in milliseconds; p50/p95 over repeated requests):
 - ``scoring_images_per_s``: the active-learning scoring method
   (:class:`lib.activelearning.scoring.LorisScoring`, batched) over a datastore
   of unlabelled images with stored boxes, images read from disk included.
+- ``precision``: the served forward (batch 16) and a bare training step (batch ``batch_size``) in
+  ``float32`` and in each mixed precision the device runs (:mod:`lib.training.precision`: ``bf16`` on
+  the CPU and on recent GPUs, ``fp16`` on GPUs), round-robin: milliseconds, images per second, the
+  speed-up over float32, peak GPU memory of the training step (CUDA), and how far the outputs of the
+  same weights and images move from float32 (reconstruction, scores of ``msgmsd`` and ``dd``) against
+  :data:`lib.training.precision.TOLERANCE` (:func:`measure_precision`).
+- ``gpu_peak_memory_mb``: on CUDA, the peak memory PyTorch allocated during the training loop.
 - ``train_images_per_s``: the real :func:`lib.loris.train.train` loop
   (augmentation, masked forward, loss, Adam, validation loss; the epoch's
   ``seconds`` as the loop reports them, before its checkpoint write), epochs
@@ -545,8 +552,12 @@ def measure_training(train_records, valid_records, settings, model_dir: Path, pl
         steps = max(1, len(train_records) // bs)
         bare.append(interleaved({"step": step}, steps, warmup=0, device=device)["step"])
 
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     summary = train(train_records, model_dir, settings, valid_records=valid_records, progress=False,
                     on_epoch=on_epoch, device=device)
+    memory = ({"gpu_peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2 ** 20}
+              if torch.device(device).type == "cuda" else {})
     timed = slice(1, None) if len(epochs) > 1 else slice(None)  # the first epoch warms up
     n_train = summary["n_train"]
     loop_ips = n_train / statistics.median(e["seconds"] for e in epochs[timed])
@@ -558,7 +569,88 @@ def measure_training(train_records, valid_records, settings, model_dir: Path, pl
         "train_batch_size": bs,
         "train_images": n_train,
         "train_epochs_timed": len(epochs[timed]),
+        "train_seconds_per_epoch": statistics.median(e["seconds"] for e in epochs[timed]),
+        **memory,
     }
+
+
+def measure_precision(model_dir: Path, records, plan: Plan, device) -> dict:
+    """float32 against each mixed precision the device runs: speed, memory and outputs (module docstring)."""
+    import torch
+
+    from lib.data.imageio import read_boxed_images
+    from lib.loris import preprocess
+    from lib.loris.loss import LorisLoss
+    from lib.loris.masking import fill_box
+    from lib.loris.network import build_network
+    from lib.loris.predictor import LorisPredictor
+    from lib.training.precision import PRECISIONS, TOLERANCE, Precision, autocast, check_precision, compare
+
+    device = torch.device(device)
+    out: dict = {"tolerance": dict(TOLERANCE), "forward_batch": BATCHES[-1]}
+    names = []
+    for name in PRECISIONS:
+        try:
+            check_precision(name, device)
+            names.append(name)
+        except DataError as exc:
+            out[name] = {"unavailable": str(exc)}
+    chosen = records[:BATCHES[-1]]
+    images, boxes = read_boxed_images(chosen), [r.box for r in chosen]
+    predictors = {name: LorisPredictor.load(model_dir, device, precision=name) for name in names}
+    settings = predictors["float32"].settings
+    metrics = ("msgmsd", "dd")
+    results = {name: p.network_outputs(images, boxes, metrics) for name, p in predictors.items()}
+    reference = {"reconstruction": results["float32"].reconstruction, "scores": results["float32"].scores}
+    x, grid_boxes = preprocess.batch(images, boxes, settings.image_size)
+    x, grid_boxes = x.to(device), grid_boxes.to(device)
+    masked = fill_box(x, grid_boxes)
+
+    def forward(name):
+        def run():
+            with torch.inference_mode(), autocast(name, device):
+                predictors[name].network(masked)
+        return run
+
+    bs = settings.batch_size
+    xb, mb = x[:bs], masked[:bs]
+    steps, peaks = {}, {}
+    for name in names:
+        torch.manual_seed(settings.seed)
+        network = build_network(settings).to(device).train()
+        optimizer = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
+        loss_fn = LorisLoss(settings.ssim_win_size, settings.msgms_scales, settings.msgms_c).to(device)
+        amp = Precision(name, device)
+
+        def step(network=network, optimizer=optimizer, loss_fn=loss_fn, amp=amp):
+            with amp.autocast():
+                recon = network(mb)
+            loss = loss_fn(recon.float(), xb)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            amp.step(loss, optimizer)
+
+        steps[name] = step
+    if device.type == "cuda":
+        for name in names:  # alone, for its peak memory
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            steps[name]()
+            torch.cuda.synchronize(device)
+            peaks[name] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    forward_ms = interleaved({name: forward(name) for name in names}, plan.unet_repeats, warmup=1, device=device)
+    step_ms = interleaved(steps, plan.unet_repeats, warmup=1, device=device)
+    for name in names:
+        entry = {"forward_ms": statistics.median(forward_ms[name]), "train_step_ms": statistics.median(step_ms[name])}
+        entry["train_images_per_s"] = bs / (entry["train_step_ms"] / 1e3)
+        if name in peaks:
+            entry["train_peak_memory_mb"] = peaks[name]
+        if name != "float32":
+            entry["forward_speedup"] = statistics.median(forward_ms["float32"]) / entry["forward_ms"]
+            entry["train_speedup"] = statistics.median(step_ms["float32"]) / entry["train_step_ms"]
+            entry.update(compare(reference, {"reconstruction": results[name].reconstruction,
+                                             "scores": results[name].scores}))
+        out[name] = entry
+    return {"precision": out}
 
 
 # ---------------------------------------------------------------------------------------------------- setup
@@ -681,6 +773,9 @@ def run(plan: Plan, device: str, work: Path, threads: int | None = None, log=pri
     stage("backends", "the served forward in TorchScript and ONNX Runtime ...")
     res.update(measure_backends(predictor.network, plan.image_size, plan, dev, work))
 
+    stage("precision", "mixed precision against float32: forward, training step, outputs ...")
+    res.update(measure_precision(model_dir, valid_records + train_records, plan, dev))
+
     stage("scoring", "active-learning scoring over the datastore ...")
     res.update(measure_scoring(work / "datastore", models_dir, str(dev)))
 
@@ -727,6 +822,26 @@ def _backend_rows(backends: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _precision_rows(precision: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for name in ("float32", "bf16", "fp16"):
+        entry = precision.get(name, {})
+        if "unavailable" in entry or not entry:
+            rows.append((f"precision {name}", "-", entry.get("unavailable", "not measured")))
+            continue
+        note = (f"ms forward at batch {precision['forward_batch']} / train step; {entry['train_images_per_s']:.1f} "
+                "train images/s")
+        if "train_peak_memory_mb" in entry:
+            note += f"; train step peak {entry['train_peak_memory_mb']:.0f} MB"
+        if name != "float32":
+            scores = ", ".join(f"{m} {v:.1%}" for m, v in entry["score_rel"].items())
+            note += (f"; x{entry['forward_speedup']:.2f} / x{entry['train_speedup']:.2f} float32; reconstruction max "
+                     f"|diff| {entry['reconstruction_max_abs']:.3f}, scores {scores} of their spread: "
+                     + ("within" if entry["within_tolerance"] else "OUTSIDE") + " tolerance")
+        rows.append((f"precision {name}", f"{entry['forward_ms']:.1f} / {entry['train_step_ms']:.1f}", note))
+    return rows
+
+
 def format_table(res: dict) -> str:
     """The human-readable table of a result dict."""
     m = res["machine"]
@@ -764,7 +879,10 @@ def format_table(res: dict) -> str:
         ("scoring_images_per_s", f"{res['scoring_images_per_s']:.2f}",
          f"{res['scoring_images']} images, batch {res['scoring_batch_size']}"),
         ("train_images_per_s", f"{res['train_images_per_s']:.2f}",
-         f"bare step {res['bare_train_images_per_s']:.2f}; ratio {res['train_ratio_to_bare']:.2f}"),
+         f"bare step {res['bare_train_images_per_s']:.2f}; ratio {res['train_ratio_to_bare']:.2f}; "
+         f"{res['train_seconds_per_epoch']:.2f} s per epoch of {res['train_images']} images"
+         + (f"; peak GPU memory {res['gpu_peak_memory_mb']:.0f} MB" if "gpu_peak_memory_mb" in res else "")),
+        *_precision_rows(res["precision"]),
     ]
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)

@@ -38,6 +38,7 @@ def _one_torch_thread():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "server: starts a real MONAI Label server subprocess (the `server` fixture)")
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one; scripts/gpu_check.sh runs them)")
 
 
 @dataclass

@@ -26,6 +26,7 @@ TOP_KEYS = {
     "pipeline_steps_alone_ms", "pipeline_steps_alone_to_forward_ratio",
     "rest_ms", "rest_overhead_ratio", "rest_overhead_ratio_min", "pipeline_to_forward_ratio_min", "server_peak_rss_mb", "server_rss_idle_mb",
     "presets", "backends", "scoring_images_per_s", "train_images_per_s", "bare_train_images_per_s", "train_ratio_to_bare",
+    "train_seconds_per_epoch", "precision",
     "targets", "stage_seconds", "seconds",
 }
 
@@ -57,6 +58,12 @@ def test_quick_bench_writes_every_measurement_as_json(tmp_path):
     for name, entry in res["backends"].items():  # ONNX Runtime is optional: then it says why it is missing
         assert set(entry) == {"forward_ms", "to_eager", "max_abs_diff"} or (name == "onnxruntime" and entry["unavailable"])
     assert res["backends"]["eager"]["max_abs_diff"] == 0 and res["backends"]["torchscript"]["max_abs_diff"] < 1e-4
+    precision = res["precision"]  # bf16 runs on the CPU; fp16 needs CUDA and says so
+    assert precision["tolerance"] == {"reconstruction_max_abs": 0.05, "score_rel": 0.05}
+    assert "CUDA" in precision["fp16"]["unavailable"] and precision["float32"]["train_images_per_s"] > 0
+    assert precision["bf16"]["forward_speedup"] > 0 and isinstance(precision["bf16"]["within_tolerance"], bool)
+    assert set(precision["bf16"]["score_rel"]) == {"msgmsd", "dd"} and precision["bf16"]["reconstruction_max_abs"] >= 0
+    assert "gpu_peak_memory_mb" not in res  # CUDA only
     assert set(res["pipeline_steps_ms"]) == {"read", "predict", "write"}
     for step in [*res["pipeline_steps_ms"].values(), res["pipeline_without_writes_ms"]]:
         assert step["n"] == res["pipeline_ms"]["n"] and 0 < step["min"] <= step["p50"]  # one entry per timed run
@@ -102,6 +109,12 @@ def test_table_reports_unmet_targets():
         "rest_ms": {"p50": 22.0, "p95": 30.0, "min": 20.0}, "rest_overhead_ratio": 1.1, "rest_overhead_ratio_min": 1.11, "server_peak_rss_mb": 900.0,
         "server_rss_idle_mb": 800.0, "scoring_images_per_s": 3.0, "scoring_images": 8, "scoring_batch_size": 8,
         "train_images_per_s": 1.0, "bare_train_images_per_s": 2.0, "train_ratio_to_bare": 0.5,
+        "train_seconds_per_epoch": 8.0, "train_images": 8,
+        "precision": {"forward_batch": 16, "fp16": {"unavailable": "precision fp16 needs a CUDA device"},
+                      "float32": {"forward_ms": 100.0, "train_step_ms": 200.0, "train_images_per_s": 20.0},
+                      "bf16": {"forward_ms": 50.0, "train_step_ms": 100.0, "train_images_per_s": 40.0,
+                               "forward_speedup": 2.0, "train_speedup": 2.0, "reconstruction_max_abs": 0.2,
+                               "score_rel": {"msgmsd": 0.01}, "within_tolerance": False}},
     }
     from lib.bench import check_targets
 
@@ -112,6 +125,8 @@ def test_table_reports_unmet_targets():
     assert "forward in onnxruntime" in table and "not installed" in table
     assert "GOMP_SPINCOUNT=3000" in table.splitlines()[0]  # thread settings are part of the machine line
     assert "their sum 3.00 x forward alone" in table
+    assert "x2.00 / x2.00 float32; reconstruction max |diff| 0.200, scores msgmsd 1.0% of their spread: OUTSIDE" in table
+    assert "precision fp16 needs a CUDA device" in table
 
 
 def test_bench_rejects_a_non_empty_workdir(tmp_path):

@@ -48,8 +48,14 @@ Output in OUT:
                        label, boxes (and their source) and scores, and the model folders used
   models/fold_<k>/     the trained models
 
+Folds side by side: --workers N runs up to N folds at once, each in its own
+process on --threads torch threads (default: the machine's share), on a GPU of its
+own when there are several; metrics.json has the same numbers as --workers 1 with
+the same --threads (on the CPU, the thread count can change the last bits).
+
 Examples:
   python -m lib evaluate --data data/sample --out runs/eval --image-size 128 --epochs 20
+  python -m lib evaluate --data data/sample --out runs/eval --quick --workers 5 --device cuda
   python -m lib evaluate --data data/sample --out runs/eval --box gt uniform detected --resume
   python -m lib evaluate --data data/sample --out runs/tiny --folds 2 --epochs 1 --quick --methods loris box-shape
 """
@@ -105,7 +111,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="--box uniform: percentile of annotated box heights (default 90)")
     parser.add_argument("--resume", action="store_true", help="skip folds already finished in OUT with the same options")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: GPU when available)")
-    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch CPU threads of each fold (default: torch's choice, divided among the --workers)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run up to N folds side by side, each in its own process (and on its own GPU when there "
+                             "are several); the same numbers as --workers 1 with the same --threads (default 1)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--report-only", action="store_true",
                         help="only rebuild report.md and the figures of the finished run in OUT")
@@ -135,7 +145,7 @@ def main(args: argparse.Namespace) -> int:
         channels=tuple(args.channels) if args.channels else None, detector_epochs=args.detector_epochs,
         detector_image_size=args.detector_image_size, box_policy=args.box_policy,
         uniform_percentile=args.uniform_percentile, resume=args.resume, device=args.device,
-        progress=not args.no_progress, command=command_line(),
+        workers=args.workers, threads=args.threads, progress=not args.no_progress, command=command_line(),
     )
     results = run_evaluation(config)
     print(f"\n{'method':<32}{'I-AUROC':>16}{'P-AUROC':>16}{'Dice':>16}{'box share N/D':>16}")

@@ -51,16 +51,32 @@ so that any number can be audited and recomputed.
 Each finished fold is written atomically to ``OUT/folds/fold_<k>.json``; with
 ``resume`` a finished fold of the same configuration is not run again (and an
 interrupted model training continues from its last epoch).
+
+Folds side by side (``workers`` > 1): each fold runs in a worker process of its own
+(:func:`_fold_worker`, started with ``spawn``), at most ``workers`` at a time, each on
+``threads`` torch CPU threads and, where there are several GPUs, on a GPU of its own
+(worker slot ``i`` on ``cuda:i mod #GPUs``). A fold's work is the same function in both
+modes, seeded by the configuration alone (training seeds the network, the shuffling and the
+masks from ``seed``), so the results are those of the serial run, number for number,
+provided each fold runs on as many CPU threads (``threads``; PyTorch's CPU kernels may round
+differently with another count) and on the same kind of device (on GPUs, cuDNN is asked
+for deterministic algorithms in both modes). Progress and messages of the workers come back
+to the one progress bar; fold results are written by this process as each fold ends; a
+failing fold stops the others and its error is raised.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
+import queue as queues
 import shlex
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,7 +89,7 @@ from lib.data.dataset import load_dataset
 from lib.data.imageio import image_size, read_image, read_mask
 from lib.data.records import Record
 from lib.data.splits import Fold, kfold
-from lib.errors import DataError
+from lib.errors import DataError, LorisError
 from lib.evaluation import boxes as box_sources
 from lib.evaluation.baselines import (
     BASELINES,
@@ -135,6 +151,9 @@ class EvaluationConfig:
         uniform_percentile: percentile of annotated heights for ``--box uniform``.
         resume: skip folds already finished with this configuration.
         device: ``auto``, ``cpu`` or ``cuda``.
+        workers: folds run side by side in that many processes (1: one after another, in this process).
+        threads: torch CPU threads of each fold (None: PyTorch's default in the serial run, that divided
+            among the workers otherwise); the same count gives the same numbers in both modes.
         panel_images: normal and distended test images (each) shown in the panels of the first fold.
         progress: show the progress bar.
         command: the command line, for the report.
@@ -162,6 +181,8 @@ class EvaluationConfig:
     uniform_percentile: float = 90.0
     resume: bool = False
     device: str = "auto"
+    workers: int = 1
+    threads: int | None = None
     panel_images: int = 3
     progress: bool = True
     command: str | None = None
@@ -183,6 +204,10 @@ class EvaluationConfig:
         from lib.pipeline import check_box_policy
 
         check_box_policy(self.box_policy)
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise DataError(f"--workers must be a whole number of at least 1, got {self.workers!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise DataError(f"--threads must be a whole number of at least 1, got {self.threads!r}")
         if not self.methods:
             raise DataError("--methods: give at least one method")
         if not self.boxes:
@@ -231,7 +256,7 @@ class EvaluationConfig:
             "detector_epochs": self.detector_epochs, "detector_image_size": self.detector_image_size,
             "box_policy": self.box_policy,
             "uniform_percentile": self.uniform_percentile,
-            "device": self.device, "command": self.command,
+            "device": self.device, "workers": self.workers, "threads": self.threads, "command": self.command,
         }
         out["loris_settings"] = self.loris_settings("loris").to_dict()
         if any(m in self.methods for m in ("riad", "autoencoder")):
@@ -242,9 +267,9 @@ class EvaluationConfig:
         return out
 
     def fingerprint(self) -> str:
-        """Hash of what changes a fold's results (not the output folder, device or resume flag)."""
+        """Hash of what changes a fold's results (not the output folder, device, workers, threads or resume flag)."""
         d = self.to_dict()
-        for k in ("out", "device", "command", "data"):
+        for k in ("out", "device", "command", "data", "workers", "threads"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -428,30 +453,35 @@ def _fit_baseline(split: SplitData, scores, maps, boxes, settings: LorisSettings
 
 
 class _Progress:
-    """One tqdm bar over every training epoch of every fold (folds x models x epochs), with ETA."""
+    """One tqdm bar over every training epoch of every fold (folds x models x epochs), with ETA.
+
+    Each running training has its own count (``key``: the fold, when folds run side by side), so that a
+    training ending early gives back exactly its unused epochs.
+    """
 
     def __init__(self, total: int, enabled: bool) -> None:
         self.bar = tqdm(total=total, disable=not enabled, desc="evaluate", unit="epoch", dynamic_ncols=True,
                         file=sys.stderr)
-        self.stage = ""
+        self.runs: dict = {}  # key -> [stage, budget, used]
 
-    def start(self, stage: str, budget: int) -> None:
-        self.stage, self.budget, self.used = stage, budget, 0
+    def start(self, stage: str, budget: int, key=None) -> None:
+        self.runs[key] = [stage, budget, 0]
         self.bar.set_postfix_str(stage)
 
-    def epoch(self, stats: dict) -> None:
-        if self.used < self.budget:
+    def epoch(self, stats: dict, key=None) -> None:
+        run = self.runs.setdefault(key, ["", 0, 0])
+        if run[2] < run[1]:
             self.bar.update(1)
-            self.used += 1
+            run[2] += 1
         value = stats.get("value")
-        self.bar.set_postfix_str(f"{self.stage} ep {stats.get('epoch')}"
+        self.bar.set_postfix_str(f"{run[0]} ep {stats.get('epoch')}"
                                  + (f" {stats.get('monitor')} {value:.4f}" if value is not None else ""))
 
-    def finish(self) -> None:
+    def finish(self, key=None) -> None:
         """A training ended (early stop): its unused epochs leave the ETA."""
-        if self.budget > self.used:
-            self.bar.update(self.budget - self.used)
-        self.used = self.budget
+        run = self.runs.pop(key, None)
+        if run is not None and run[1] > run[2]:
+            self.bar.update(run[1] - run[2])
 
     def skip(self, epochs: int) -> None:
         self.bar.update(epochs)
@@ -470,6 +500,9 @@ class Evaluation:
 
         self.device = resolve_device(config.device)
         self.size = config.loris_settings("loris").image_size
+        if self.device.type == "cuda":  # the same numbers from run to run, and with folds side by side
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
 
     # -- plan
     def _network_models(self) -> list[tuple[str, str]]:
@@ -549,33 +582,115 @@ class Evaluation:
 
         c.out.mkdir(parents=True, exist_ok=True)
         self.panel_fold = folds[0].index
-        fold_results: list[dict] = []
+        done: dict[int, dict] = {}
         progress = _Progress(len(folds) * self._epochs_per_fold(), c.progress)
+        threads = self._fold_threads()
         try:
             for fold in folds:
-                done = self._finished(fold)
-                if done is not None:
+                finished = self._finished(fold)
+                if finished is not None:
                     self.log(f"fold {fold.index}: finished earlier, skipped (--resume)")
                     progress.skip(self._epochs_per_fold())
-                else:
-                    done = self._run_fold(fold, progress)
-                    write_json(self._fold_path(fold.index), done)
-                fold_results.append(done)
+                    done[fold.index] = finished
+            pending = [f for f in folds if f.index not in done]
+            if c.workers > 1 and len(pending) > 1:
+                self.log(f"{len(pending)} folds on {min(c.workers, len(pending))} workers side by side, "
+                         f"{threads} torch thread(s) each")
+                done.update(self._run_folds_in_workers(pending, progress, threads))
+            else:
+                previous = torch.get_num_threads()
+                torch.set_num_threads(threads)
+                try:
+                    for fold in pending:
+                        done[fold.index] = self._run_fold(fold, progress)
+                        write_json(self._fold_path(fold.index), done[fold.index])
+                finally:
+                    torch.set_num_threads(previous)
         finally:
             progress.close()
+        fold_results = [done[f.index] for f in folds]
 
         results = aggregate(fold_results)
         if self.uniform is not None:
             results["uniform_box"] = self.uniform.to_dict()
         config = c.to_dict()
         config.update({"fold_source": fold_source, "n_folds": len(folds), "fold_indices": [f.index for f in folds], "device": str(self.device),
-                       "torch_threads": torch.get_num_threads(), "wall_s": time.monotonic() - started,
+                       "torch_threads": threads, "workers": c.workers, "wall_s": time.monotonic() - started,
                        "pixel_metrics_grid": self.size, "format_version": FORMAT_VERSION,
                        "fold_sizes": [f["split"] for f in fold_results]})
         results["config"] = config
         results["dataset"] = {"layout": dataset.layout, **data_summary}
         write_json(c.out / "metrics.json", results)
         write_report(c.out, results, fold_results, dataset_text)
+        return results
+
+    # -- folds side by side
+    def _fold_threads(self) -> int:
+        """Torch CPU threads of each fold: ``threads``, else PyTorch's default (divided among the workers)."""
+        if self.config.threads is not None:
+            return self.config.threads
+        return max(1, torch.get_num_threads() // max(1, self.config.workers))
+
+    def _worker_devices(self, n: int) -> list[str]:
+        """The device of each worker slot: ``cuda:i mod #GPUs`` when the device is ``cuda`` (no index) and
+        there are several GPUs; the evaluation's device otherwise."""
+        count = torch.cuda.device_count() if self.device.type == "cuda" else 0
+        if count > 1 and self.device.index is None:
+            return [f"cuda:{i % count}" for i in range(n)]
+        return [str(self.device)] * n
+
+    def _run_folds_in_workers(self, folds: list[Fold], progress: _Progress, threads: int) -> dict[int, dict]:
+        """Run ``folds`` in at most ``workers`` processes at a time (see the module docstring); returns
+        ``{fold index: fold result}`` and writes each fold's file as it arrives."""
+        context = multiprocessing.get_context("spawn")
+        events = context.Queue()
+        slots = min(self.config.workers, len(folds))
+        devices = self._worker_devices(slots)
+        shared = {"uniform": self.uniform, "uniform_sizes": getattr(self, "uniform_sizes", None),
+                  "panel_fold": self.panel_fold}
+        waiting, running, results, silent = list(folds), {}, {}, {}
+        try:
+            while waiting or running:
+                for slot in range(slots):
+                    if slot not in running and waiting:
+                        fold = waiting.pop(0)
+                        process = context.Process(target=_fold_worker, name=f"evaluate-fold-{fold.index}", daemon=True,
+                                                  args=(self.config, shared, fold, devices[slot], threads, events))
+                        process.start()
+                        running[slot] = (process, fold)
+                try:
+                    kind, index, payload = events.get(timeout=1.0)
+                except queues.Empty:
+                    for slot, (process, fold) in list(running.items()):
+                        if process.is_alive():
+                            continue
+                        silent[slot] = silent.get(slot, 0) + 1
+                        if silent[slot] > 2:  # ended, and nothing more came from it
+                            raise DataError(f"fold {fold.index}: its worker process ended (exit code "
+                                            f"{process.exitcode}) without a result; run with --workers 1 to see why")
+                    continue
+                if kind == "start":
+                    progress.start(*payload, key=index)
+                elif kind == "epoch":
+                    progress.epoch(payload, key=index)
+                elif kind == "finish":
+                    progress.finish(key=index)
+                elif kind == "log":
+                    self.log(payload)
+                elif kind == "error":
+                    raise payload
+                elif kind == "done":
+                    results[index] = payload
+                    write_json(self._fold_path(index), payload)
+                    slot = next(s for s, (_, f) in running.items() if f.index == index)
+                    running.pop(slot)[0].join()
+                    silent.pop(slot, None)
+        finally:
+            for process, _ in running.values():
+                if process.is_alive():
+                    process.terminate()
+                process.join()
+            events.close()
         return results
 
     # -- one fold
@@ -833,6 +948,41 @@ class Evaluation:
             panel_figure(self.config.out / "panels" / f"{safe_name(key)}.png",
                          f"{key}, fold {result['index']} test images (network grid {size} px)", rows,
                          self._aspect(test, idx))
+
+
+class _ProgressToParent:
+    """A worker's stand-in for :class:`_Progress`: sends each call to the parent's bar, keyed by fold."""
+
+    def __init__(self, events, key: int) -> None:
+        self.events, self.key = events, key
+
+    def start(self, stage: str, budget: int) -> None:
+        self.events.put(("start", self.key, (stage, budget)))
+
+    def epoch(self, stats: dict) -> None:
+        self.events.put(("epoch", self.key, {k: stats.get(k) for k in ("epoch", "monitor", "value")}))
+
+    def finish(self) -> None:
+        self.events.put(("finish", self.key, None))
+
+
+def _fold_worker(config: EvaluationConfig, shared: dict, fold: Fold, device: str, threads: int, events) -> None:
+    """One fold in a worker process: the serial run's :meth:`Evaluation._run_fold` on ``threads`` torch threads
+    and ``device``; its result (or error) and its progress go to ``events``."""
+    try:
+        torch.set_num_threads(threads)
+        evaluation = Evaluation(dataclasses.replace(config, device=device),
+                                log=lambda message: events.put(("log", fold.index, message)))
+        evaluation.uniform, evaluation.uniform_sizes = shared["uniform"], shared["uniform_sizes"]
+        evaluation.panel_fold = shared["panel_fold"]
+        events.put(("done", fold.index, evaluation._run_fold(fold, _ProgressToParent(events, fold.index))))
+    except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent, which raises it
+        if isinstance(exc, LorisError):
+            error = exc
+        else:
+            error = RuntimeError(f"fold {fold.index} failed in its worker process: {type(exc).__name__}: {exc}\n"
+                                 + traceback.format_exc())
+        events.put(("error", fold.index, error))
 
 
 def command_line() -> str:

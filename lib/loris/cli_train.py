@@ -15,19 +15,28 @@ Defaults are the paper's (the reference U-Net, 256 px, Adam 1e-4, batch 4,
 preset (128 px, the same U-Net design with channels 8-16-32-64-128, Adam 2e-3,
 100 epochs, patience 25).
 
+Several GPUs (or CPU processes): launch with torchrun, one process per GPU;
+each trains on its share of the images with --batch-size images per step
+(effective batch: batch size x processes), gradients averaged (PyTorch DDP),
+batch norms synchronized; process 0 writes the model. --precision bf16/fp16
+runs the network's forward in mixed precision (GPUs).
+
 Examples:
   python -m lib sample-data --out data/sample
   python -m lib train --data data/sample --out runs/loris --quick
   python -m lib train --data data/sample --out runs/loris --epochs 200 --patience 20 --device cuda
   python -m lib train --data data/sample --out runs/loris --quick --resume
+  torchrun --nproc_per_node 4 -m lib train --data data/sample --out runs/loris --batch-size 1 --precision bf16
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from lib.loris.settings import ARCHITECTURES, METRICS, MODES, NETWORKS, POOLINGS, SCORE_REGIONS, LorisSettings
+from lib.training.precision import PRECISIONS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +66,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment", action="store_true",
                         help="random box jitter and intensity gain while training (off by default, as in the paper)")
     parser.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint_last.pt")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default auto)")
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:N or auto (default auto; under torchrun each process takes the GPU of "
+                             "its local rank)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="the network's forward while training: float32 (default), bf16 or fp16 autocast (GPU)")
+    parser.add_argument("--time-budget", type=float, metavar="MINUTES",
+                        help="stop after this many minutes of training (the epoch under way is dropped; the best "
+                             "epoch so far is calibrated and saved)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -83,19 +99,41 @@ def settings_from_args(args: argparse.Namespace) -> LorisSettings:
 
 def main(args: argparse.Namespace) -> int:
     from lib.data.dataset import load_dataset
+    from lib.errors import DataError
     from lib.loris.train import train
 
     settings = settings_from_args(args)
+    should_stop = None
+    if args.time_budget is not None:
+        if args.time_budget <= 0:
+            raise DataError(f"--time-budget must be a positive number of minutes, got {args.time_budget}")
+        deadline = time.monotonic() + 60.0 * args.time_budget
+
+        def should_stop() -> bool:
+            return time.monotonic() > deadline
     dataset = load_dataset(args.data)
     summary = train(dataset.records, args.out, settings, resume=args.resume, progress=not args.no_progress,
-                    device=args.device)
+                    device=args.device, precision=args.precision, should_stop=should_stop)
+    reason = summary["stopped"].replace("_", " ")
+    if summary["stopped"] == "cancelled" and should_stop is not None:
+        reason = f"time budget of {args.time_budget:g} min"
+    stopped = f"{summary['epochs_run']} epochs ({reason})"
+    if summary["rank"] != 0:
+        print(f"rank {summary['rank']} of world size {summary['world_size']}: {stopped} on {summary['device']}; "
+              "rank 0 writes the model")
+        return 0
     if args.resume and not summary["resumed"]:
         print(f"note: no checkpoint in {args.out}; trained from scratch")
     print(f"trained on {summary['n_train']} normal images, validated on {summary['n_valid']} normal "
           f"+ {summary['n_valid_distended']} distended ({summary['valid_source']}); "
-          f"{summary['epochs_run']} epochs ({summary['stopped'].replace('_', ' ')}), best epoch "
+          f"{stopped}, best epoch "
           f"{summary['best_epoch']} (validation loss {summary['best_value']:.4f}), {summary['seconds']:.1f} s on "
-          f"{summary['device']}")
+          f"{summary['device']} ({summary['precision']})"
+          + (f", peak GPU memory {summary['gpu_peak_memory_mb']:.0f} MB" if summary["gpu_peak_memory_mb"] else ""))
+    if summary["world_size"] > 1:
+        print(f"world size {summary['world_size']}: {summary['world_size']} processes trained together "
+              f"(batch {settings.batch_size} per process, {settings.batch_size * summary['world_size']} per step); "
+              f"epochs run by each rank: {summary['rank_epochs']}")
     print(f"{'metric':8} {'threshold':>10} {'rule':>10} {'pixel_thr':>10} {'rule':>10} {'valid AUROC':>11} {'valid Dice':>10}")
     for metric, c in summary["calibration"].items():
         auroc = "-" if c["valid_auroc"] is None else f"{c['valid_auroc']:.3f}"

@@ -40,7 +40,8 @@ from lib.loris.network import InferenceNetwork, build_network
 from lib.loris.postprocess import box_region, image_scores, segment
 from lib.loris.reconstruction import reconstruct
 from lib.loris.settings import LorisSettings
-from lib.training.loop import resolve_device
+from lib.training.devices import resolve_device
+from lib.training.precision import autocast, check_precision
 
 logger = logging.getLogger(__name__)
 
@@ -139,18 +140,22 @@ class LorisPredictor:
         device: where to run.
         optimize: serve a frozen :class:`~lib.loris.network.InferenceNetwork` copy (batch norms folded,
             channels-last; same outputs within float32 rounding, faster); False = ``network`` itself in eval mode.
+        precision: the network's forward in ``float32`` (default) or ``bf16``/``fp16`` autocast
+            (:mod:`lib.training.precision`; GPUs); the maps and scores are computed in float32 either way.
     """
 
     def __init__(self, network: torch.nn.Module, settings: LorisSettings, calibration: dict | None = None,
-                 device: str | torch.device = "cpu", optimize: bool = True) -> None:
+                 device: str | torch.device = "cpu", optimize: bool = True, precision: str = "float32") -> None:
         self.device = resolve_device(device)
+        self.precision = check_precision(precision, self.device)
         network = network.to(self.device).eval()
         self.network = InferenceNetwork(network) if optimize else network
         self.settings = settings
         self.calibration = calibration
 
     @classmethod
-    def load(cls, model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> "LorisPredictor":
+    def load(cls, model_dir: str | os.PathLike, device: str | torch.device = "cpu",
+             precision: str = "float32") -> "LorisPredictor":
         """Load ``model_dir`` once (raises ModelError / NotTrainedError, see :mod:`lib.loris.model_files`)."""
         bundle = load_model(model_dir)
         network = build_network(bundle.settings)
@@ -158,7 +163,7 @@ class LorisPredictor:
             network.load_state_dict(bundle.state_dict)
         except RuntimeError as exc:
             raise ModelError(f"{model_dir}: weights do not match the saved network settings ({exc})") from None
-        return cls(network, bundle.settings, bundle.calibration, device)
+        return cls(network, bundle.settings, bundle.calibration, device, precision=precision)
 
     # --- thresholds -----------------------------------------------------------------------------------------
     def thresholds(self, metric: str) -> tuple[float, float]:
@@ -188,7 +193,9 @@ class LorisPredictor:
         generator = torch.Generator().manual_seed(self.settings.seed)  # RIAD masks: same result every call
         logger.info(f"{FORWARD_LOG}: {x.shape[0]} image(s) at {x.shape[-1]} px")
         with torch.inference_mode():
-            recons = reconstruct(self.network, x, grid_boxes, self.settings, generator=generator)
+            with autocast(self.precision, self.device):
+                recons = reconstruct(self.network, x, grid_boxes, self.settings, generator=generator)
+            recons = [r.float() for r in recons]
             maps = None
             for r in recons:
                 m = anomaly_maps(x, r, metrics)

@@ -19,10 +19,21 @@ and SSIM loss and this package's preprocessing, masking and MSGMS):
    continues from it); at the end the best weights are calibrated on the
    validation split for every metric (:mod:`lib.loris.calibration`) and saved
    as ``model.pt`` (atomically: a previous model stays usable until then).
+
+Several processes (``torchrun --nproc_per_node N -m lib train``, MONAI Label's ``multi_gpu``):
+data-parallel training (:mod:`lib.training.distributed`): each rank trains on its shard of the normal
+training images with ``batch_size`` images per mini-batch (the effective batch is ``batch_size x
+world_size``), gradients are averaged (DDP), batch norms synchronized on GPUs, the validation loss is
+computed on shards and averaged, so every rank stops at the same epoch; rank 0 calibrates and writes
+the model. One process trains exactly as before.
+
+``precision`` (``float32``, ``bf16``, ``fp16``; :mod:`lib.training.precision`): the network's forward in
+autocast, the loss in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -43,7 +54,9 @@ from lib.loris.model_files import KIND, save_model
 from lib.loris.network import build_network
 from lib.loris.reconstruction import reconstruct
 from lib.loris.settings import LorisSettings
-from lib.training.loop import fit, resolve_device
+from lib.training import distributed
+from lib.training.loop import fit
+from lib.training.precision import Precision
 
 NETWORK_FIELDS = ("image_size", "architecture", "channels", "strides", "num_res_units", "norm", "dropout", "mode")
 """Settings that define the network's weights: a resumed run must keep them."""
@@ -100,14 +113,16 @@ def augment(x: torch.Tensor, grid_boxes: torch.Tensor, settings: LorisSettings, 
     return x, grid_boxes
 
 
-def _mean_terms(network, loss_fn, x, grid_boxes, settings, batch_size, generator=None) -> dict[str, float]:
+def _mean_terms(network, loss_fn, x, grid_boxes, settings, batch_size, generator=None,
+                amp: Precision | None = None) -> dict[str, float]:
     sums = dict.fromkeys(LOSS_TERMS, 0.0)
     network.eval()
     with torch.no_grad():
         for i in range(0, x.shape[0], batch_size):
             xb, bb = x[i:i + batch_size], grid_boxes[i:i + batch_size]
-            recon = reconstruct(network, xb, bb, settings, generator=generator, training=True)[0]
-            for k, v in loss_fn(recon, xb).items():
+            with amp.autocast() if amp is not None else contextlib.nullcontext():
+                recon = reconstruct(network, xb, bb, settings, generator=generator, training=True)[0]
+            for k, v in loss_fn(recon.float(), xb).items():
                 sums[k] += float(v) * xb.shape[0]
     return {k: v / max(x.shape[0], 1) for k, v in sums.items()}
 
@@ -115,7 +130,7 @@ def _mean_terms(network, loss_fn, x, grid_boxes, settings, batch_size, generator
 def train(records: Sequence[Record], out_dir: str | os.PathLike, settings: LorisSettings | None = None, *,
           valid_records: Sequence[Record] | None = None, resume: bool = False, progress: bool = True,
           should_stop: Callable[[], bool] | None = None, on_epoch: Callable[[dict], None] | None = None,
-          device: str | torch.device | None = None) -> dict:
+          device: str | torch.device | None = None, precision: str = "float32") -> dict:
     """Train a LoRIS model on the normal images of ``records`` and save it, calibrated, in ``out_dir``.
 
     The loop is :func:`lib.training.loop.fit` (early stopping on the validation loss ``valid_loss``, the
@@ -130,23 +145,32 @@ def train(records: Sequence[Record], out_dir: str | os.PathLike, settings: Loris
         progress: show a tqdm bar (losses, ETA).
         should_stop: polled between mini-batches; True ends training (the best weights are still saved).
         on_epoch: called after every epoch with its record (``train`` and ``valid`` loss terms).
-        device: "cpu", "cuda", "cuda:N", or None/"auto".
+        device: "cpu", "cuda", "cuda:N", or None/"auto" (several processes: each rank's own GPU).
+        precision: the forward's precision while training (``float32``, ``bf16``, ``fp16``).
 
     Returns:
         the summary of :func:`lib.training.loop.fit` (``epochs_run, best_epoch, monitor, best_value, stopped,
-        resumed, device, seconds, history``) plus ``model_dir, n_train, n_valid, n_valid_distended,
-        valid_source`` (``valid`` or ``train``: no normal validation image), ``calibration``.
+        resumed, device, seconds, history, world_size, rank, rank_epochs``) plus ``model_dir, n_train, n_valid,
+        n_valid_distended, valid_source`` (``valid`` or ``train``: no normal validation image), ``precision``,
+        ``calibration`` (None on ranks other than 0, which write nothing).
 
     Raises:
         DataError: no normal boxed training image, unreadable image, bad box.
         ModelError: ``resume`` with a checkpoint of a different network.
     """
-    settings = settings or LorisSettings()
+    with distributed.process_group(device) as world:
+        return _train(records, out_dir, settings or LorisSettings(), valid_records, resume, progress, should_stop,
+                      on_epoch, device, precision, world)
+
+
+def _train(records, out_dir, settings: LorisSettings, valid_records, resume, progress, should_stop, on_epoch,
+           device, precision: str, world: distributed.World) -> dict:
     out_dir = Path(out_dir)
-    dev = resolve_device(device)
+    dev = distributed.rank_device(device, world)
+    amp = Precision(precision, dev)
     started = time.monotonic()
 
-    checkpoint = KIND.load_checkpoint(out_dir) if resume else None
+    checkpoint = distributed.from_main(lambda: KIND.load_checkpoint(out_dir), world) if resume else None
     records = list(records)
     if valid_records is None:
         if checkpoint is not None and checkpoint.get("valid_images") is not None:
@@ -178,17 +202,17 @@ def train(records: Sequence[Record], out_dir: str | os.PathLike, settings: Loris
     x_train, b_train, x_valid, b_valid = (t.to(dev) for t in (x_train, b_train, x_valid, b_valid))
 
     torch.manual_seed(settings.seed)
-    network = build_network(settings).to(dev)
+    network, forward = distributed.data_parallel(build_network(settings).to(dev), world)
     optimizer = torch.optim.Adam(network.parameters(), lr=settings.learning_rate)
     loss_fn = LorisLoss(settings.ssim_win_size, settings.msgms_scales, settings.msgms_c).to(dev)
     generator = torch.Generator().manual_seed(settings.seed)
     n, bs = x_train.shape[0], settings.batch_size
 
     def train_epoch(epoch: int, stop: Callable[[], bool]) -> dict | None:
-        network.train()
-        order = torch.randperm(n, generator=generator)
-        if n > 1 and n % bs == 1:
-            order = order[:-1]  # a batch of one breaks BatchNorm
+        forward.train()
+        order = distributed.epoch_order(n, epoch, settings.seed, world, generator)
+        if len(order) > 1 and len(order) % bs == 1:
+            order = order[:-1]  # a batch of one breaks BatchNorm (the same length on every rank)
         sums, seen = dict.fromkeys(LOSS_TERMS, 0.0), 0
         for i in range(0, len(order), bs):
             if stop():
@@ -197,37 +221,43 @@ def train(records: Sequence[Record], out_dir: str | os.PathLike, settings: Loris
             xb, bb = x_train[idx], b_train[idx]
             if settings.augment:
                 xb, bb = augment(xb, bb, settings, generator)
-            recon = reconstruct(network, xb, bb, settings, generator=generator, training=True)[0]
-            terms = loss_fn(recon, xb)
+            with amp.autocast():
+                recon = reconstruct(forward, xb, bb, settings, generator=generator, training=True)[0]
+            terms = loss_fn(recon.float(), xb)
             optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
+            amp.step(terms["loss"], optimizer)
             for k, v in terms.items():
                 sums[k] += float(v.detach()) * xb.shape[0]
             seen += xb.shape[0]
-        return {k: v / max(seen, 1) for k, v in sums.items()}
+        return {**{k: v / max(seen, 1) for k, v in sums.items()}, "images": seen}
+
+    valid_shard = distributed.shard(x_valid.shape[0], world).to(dev)
 
     def validate() -> dict:
-        terms = _mean_terms(network, loss_fn, x_valid, b_valid, settings, max(bs, 16),
-                            torch.Generator().manual_seed(settings.seed + 1))
-        return {f"valid_{k}": v for k, v in terms.items()}
+        terms = _mean_terms(network, loss_fn, x_valid[valid_shard], b_valid[valid_shard], settings, max(bs, 16),
+                            torch.Generator().manual_seed(settings.seed + 1), amp)
+        return {**{f"valid_{k}": v for k, v in terms.items()}, "images": len(valid_shard)}
 
     if checkpoint is not None:
         for group in optimizer.param_groups:
             group["lr"] = settings.learning_rate
     result = fit(kind=KIND, out_dir=out_dir, settings=settings, network=network, train_epoch=train_epoch,
                  validate=validate, monitor="valid_loss", mode="min",
-                 stateful={"optimizer": optimizer, "generator": _GeneratorState(generator)},
+                 stateful={"optimizer": optimizer, "generator": _GeneratorState(generator), **amp.stateful()},
                  network_fields=NETWORK_FIELDS, checkpoint=checkpoint,
                  extra_checkpoint={"valid_images": [r.image for r in valid_records] if valid_source == "valid" else None},
-                 progress=progress, should_stop=should_stop, on_epoch=on_epoch, desc="LoRIS train", device=dev)
+                 progress=progress, should_stop=should_stop, on_epoch=on_epoch, desc="LoRIS train", device=dev,
+                 world=world)
     if result.best_state is None:
         raise DataError("training was stopped before the first epoch ended; no model saved")
-    network.load_state_dict(result.best_state)
-    calibration = calibrate(LorisPredictor(network, settings, None, dev), valid_records, valid_images_all)
     summary = {"model_dir": str(out_dir), **result.summary, "n_train": len(train_records),
                "n_valid": len(valid_normal), "n_valid_distended": sum(r.label == "distended" for r in valid_records),
-               "valid_source": valid_source, "seconds": time.monotonic() - started}
+               "valid_source": valid_source, "precision": precision}
+    if not world.is_main:
+        return {**summary, "seconds": time.monotonic() - started, "calibration": None}
+    network.load_state_dict(result.best_state)
+    calibration = calibrate(LorisPredictor(network, settings, None, dev), valid_records, valid_images_all)
+    summary["seconds"] = time.monotonic() - started
     info = {k: v for k, v in summary.items() if k != "history"}
     save_model(out_dir, settings, result.best_state, calibration,
                dict(info, train_images=[r.image for r in train_records], valid_images=[r.image for r in valid_records]))

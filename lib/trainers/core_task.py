@@ -23,6 +23,9 @@ key                      method setting                  notes
 ``learning_rate``        ``learning_rate``
 ``quick``                base preset                     true: the CPU preset (``Settings.quick()``),
                                                          false: the paper's settings
+``precision``            the forward's precision         ``float32`` (default), ``bf16``, ``fp16``
+                                                         (GPU autocast; trainers that declare it)
+``multi_gpu``, ``gpus``  (MONAI Label's)                 one training process per GPU, see below
 =======================  ==============================  ==========================================
 
 The declared defaults are those of the app's ``train_preset`` (``quick`` unless
@@ -40,8 +43,17 @@ which replaces the model directory only when training succeeded
 the previous model serving; stale temporary folders are removed by the next
 training. The infer tasks reload the new model on their next request.
 
-Multi-GPU: the method trains on one device; with MONAI Label's ``multi_gpu`` the
-first rank trains and the others return at once.
+Multi-GPU: with ``"multi_gpu": true`` and at least two visible GPUs (``gpus``:
+``all`` or a list such as ``"0,1"``), MONAI Label's :class:`BasicTrainTask` spawns one
+process per GPU (:func:`torch.multiprocessing.spawn`) and calls :meth:`CoreTrainTask.train`
+with its rank. A trainer whose method trains data-parallel (:attr:`CoreTrainTask.data_parallel`:
+LoRIS, through :mod:`lib.training.distributed`) joins the NCCL process group
+(``MASTER_ADDR``/``MASTER_PORT`` from MONAI Label's train subprocess; the request's
+``distributed_backend``/``distributed_url`` when given, as MONAI Label sets on Windows), and
+every rank trains on its share of the images on GPU ``rank``; rank 0 alone publishes the
+model and ``train_stats.json``, which MONAI Label then reports. ``train_batch_size`` is per
+GPU. A trainer that does not train data-parallel trains on rank 0 alone; the other ranks
+return at once. With fewer than two GPUs MONAI Label trains in one process.
 """
 
 from __future__ import annotations
@@ -63,6 +75,7 @@ from lib.data.datastore import read_datastore
 from lib.data.records import Record
 from lib.datastore import IMAGE_PATTERNS
 from lib.errors import DataError
+from lib.training import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +113,21 @@ class CoreTrainTask(BasicTrainTask):
     Subclasses define :meth:`preset` (the settings of a preset) and :meth:`run` (train into a folder).
     """
 
+    data_parallel = False
+    """True when :meth:`run` trains data-parallel over a process group (:mod:`lib.training.distributed`): with
+    ``multi_gpu`` every rank then trains; otherwise rank 0 trains alone."""
+
+    precisions: tuple[str, ...] = ("float32",)
+    """The ``precision`` values the method's training takes (:mod:`lib.training.precision`); :meth:`run`
+    receives ``precision=`` when the request asks for another than float32."""
+
     def __init__(self, model_dir: Path, description: str, quick_default: bool = True):
         self.target = Path(model_dir)
         super().__init__(str(self.target.parent), description=description, stats_path=str(self.target / STATS_FILE))
         self.quick_default = quick_default
         self._config = {**self.declared(quick_default), "device": device_list(), "multi_gpu": False, "gpus": "all"}
+        if len(self.precisions) > 1:
+            self._config["precision"] = "float32"
 
     # --- what subclasses provide --------------------------------------------------------------------------
     @abstractmethod
@@ -158,23 +181,55 @@ class CoreTrainTask(BasicTrainTask):
         records = read_datastore(datastore._datastore_path, list(IMAGE_PATTERNS))
         return [r for r in records if r.label is not None]
 
-    def train(self, rank, world_size, request, datalist):
-        if rank != 0:
-            return {}
-        settings = self.settings_for(request)
-        return self.publish(list(datalist), settings, str(request.get("device", "cpu")), request.get("run_id"))
+    def precision_for(self, request: dict) -> str:
+        """The request's ``precision`` (default float32), one this trainer takes (else DataError)."""
+        precision = request.get("precision", "float32")
+        if precision not in self.precisions:
+            raise DataError(f"train param precision: {precision!r} is not one of {', '.join(self.precisions)} "
+                            f"(the {self.target.name} trainer)")
+        return precision
 
-    def publish(self, records: list[Record], settings, device: str = "cpu", run_id: str | None = None) -> dict:
+    def train(self, rank, world_size, request, datalist):
+        """One rank's training (MONAI Label calls it once, or once per spawned GPU process with ``multi_gpu``)."""
+        settings = self.settings_for(request)
+        precision = self.precision_for(request)
+        device = str(request.get("device", "cpu"))
+        spawned = bool(request.get("multi_gpu")) and world_size > 1
+        if not spawned:
+            return self.publish(list(datalist), settings, device, request.get("run_id"), precision) if rank == 0 else {}
+        if not self.data_parallel:
+            if rank != 0:
+                return {}
+            logger.info(f"{self.target.name}: trains on one GPU (rank 0); its training is not data-parallel")
+            return self.publish(list(datalist), settings, device, request.get("run_id"), precision)
+        gpus = request.get("gpus", "all")
+        gpu = rank if gpus in (None, "", "all") else [int(g) for g in str(gpus).split(",")][rank]
+        with distributed.process_group(device, rank=rank, world_size=world_size, local_rank=gpu,
+                                       backend=request.get("distributed_backend"),
+                                       init_method=request.get("distributed_url") or "env://") as world:
+            logger.info(f"{self.target.name}: {world.describe()} on {distributed.rank_device(device, world)}")
+            if world.is_main:
+                return self.publish(list(datalist), settings, device, request.get("run_id"), precision)
+            self._run(list(datalist), self.target, settings, device, precision)  # rank != 0 writes nothing
+            return {}
+
+    def _run(self, records, out_dir: Path, settings, device: str, precision: str) -> dict:
+        options = {"precision": precision} if precision != "float32" else {}
+        return self.run(records, out_dir, settings, device, **options)
+
+    def publish(self, records: list[Record], settings, device: str = "cpu", run_id: str | None = None,
+                precision: str = "float32") -> dict:
         """Train on ``records`` into a temporary folder and swap it in as the model directory; return the stats.
 
         Also writes ``train_stats.json`` (what ``/info`` shows as ``train_stats``) into the new model directory.
+        In a data-parallel training only rank 0 calls it.
         """
         started = time.time()
         logger.info(f"{self.target.name}: training on {len(records)} labelled images with {settings}")
         for stale in self.target.parent.glob(f".{self.target.name}.*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
         with atomic_dir(self.target) as tmp:
-            summary = self.run(records, tmp, settings, device)
+            summary = self._run(records, tmp, settings, device, precision)
             stats = {
                 "model": self.target.name,
                 "run_id": run_id,
@@ -182,6 +237,8 @@ class CoreTrainTask(BasicTrainTask):
                 "total_time": round(time.time() - started, 1),
                 "n_images": len(records),
                 "settings": settings.to_dict(),
+                "precision": precision,
+                "world_size": summary.get("world_size", 1),
                 "summary": json.loads(json.dumps(summary, default=str)),
             }
             write_json(tmp / STATS_FILE, stats)

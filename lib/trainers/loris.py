@@ -12,10 +12,14 @@ from pathlib import Path
 from lib.data.records import Record
 from lib.loris.settings import LorisSettings
 from lib.trainers.core_task import CoreTrainTask
+from lib.training.precision import PRECISIONS
 
 
 class LorisTrainer(CoreTrainTask):
     """Train LoRIS from the datastore's corrections into ``model_dir`` (``lib.loris`` model directory)."""
+
+    data_parallel = True
+    precisions = PRECISIONS
 
     def __init__(self, model_dir: Path, quick_default: bool = True):
         super().__init__(model_dir, "LoRIS: inpainting network trained on normal boxed images; thresholds "
@@ -24,7 +28,9 @@ class LorisTrainer(CoreTrainTask):
     def preset(self, quick: bool) -> LorisSettings:
         return LorisSettings.quick() if quick else LorisSettings()
 
-    def run(self, records: list[Record], out_dir: Path, settings: LorisSettings, device: str) -> dict:
+    def run(self, records: list[Record], out_dir: Path, settings: LorisSettings, device: str,
+            precision: str = "float32") -> dict:
         from lib.loris.train import train
 
-        return train(records, out_dir, settings, progress=True, on_epoch=self.on_epoch, device=device)
+        return train(records, out_dir, settings, progress=True, on_epoch=self.on_epoch, device=device,
+                     precision=precision)

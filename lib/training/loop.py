@@ -21,7 +21,12 @@ The same for every model:
 - the device is ``"cpu"``, ``"cuda"``, ``"cuda:N"``, or ``"auto"``/None (CUDA when available);
 - the summary has the same keys: ``epochs_run``, ``best_epoch``, ``monitor``, ``best_value``,
   ``stopped`` (``early_stopping`` | ``max_epochs`` | ``cancelled``), ``resumed``, ``device``,
-  ``seconds``, ``history``.
+  ``seconds``, ``history``, ``world_size``, ``rank``, ``rank_epochs``, ``gpu_peak_memory_mb`` (the most
+  memory PyTorch held on this rank's GPU during training; None on the CPU).
+
+Several processes (``torchrun``, MONAI Label's ``multi_gpu``): :mod:`lib.training.distributed` says what
+``fit`` does then (the same epoch records and stopping epoch on every rank, rank 0 alone writing) and
+what a model's training function must do to get data-parallel training.
 """
 
 from __future__ import annotations
@@ -36,21 +41,13 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from lib.errors import DataError, ModelError
+from lib.errors import ModelError
+from lib.training import distributed
+from lib.training.devices import resolve_device
+from lib.training.distributed import World
 from lib.training.model_folder import ModelKind
 
-
-def resolve_device(device: str | torch.device | None = "cpu") -> torch.device:
-    """``"auto"``/None -> CUDA when available else CPU; otherwise ``torch.device(device)`` (checked)."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise DataError(f"device {device!r}: expected cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DataError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    return dev
+__all__ = ["EarlyStopping", "Fit", "fit", "resolve_device"]
 
 
 class EarlyStopping:
@@ -102,7 +99,8 @@ def fit(*, kind: ModelKind, out_dir: str | os.PathLike, settings, network: torch
         monitor: str, mode: str = "min", stateful: dict | None = None, network_fields: tuple[str, ...] = (),
         best_state: Callable[[], dict] | None = None, extra_checkpoint: dict | None = None,
         checkpoint: dict | None = None, progress: bool = True, should_stop: Callable[[], bool] | None = None,
-        on_epoch: Callable[[dict], None] | None = None, desc: str = "train", device=None) -> Fit:
+        on_epoch: Callable[[dict], None] | None = None, desc: str = "train", device=None,
+        world: World | None = None) -> Fit:
     """Run the epochs of one training (see the module docstring).
 
     Args:
@@ -121,9 +119,15 @@ def fit(*, kind: ModelKind, out_dir: str | os.PathLike, settings, network: torch
         extra_checkpoint: more JSON-ready data saved in every checkpoint (e.g. the validation image names).
         checkpoint: the checkpoint to resume from (``kind.load_checkpoint(out_dir)`` when resuming), or None.
         progress, should_stop, on_epoch, desc, device: see the module docstring.
+        world: the processes training together (:func:`lib.training.distributed.process_group`); default: the
+            process group joined, or this process alone.
     """
+    world = world or distributed.current()
     out_dir = Path(out_dir)
     started = time.monotonic()
+    gpu = torch.device(device) if device is not None and torch.device(device).type == "cuda" else None
+    if gpu is not None:
+        torch.cuda.reset_peak_memory_stats(gpu)
     stateful = dict(stateful or {})
     stopper = EarlyStopping(settings.patience, mode)
     best_state = best_state or network.state_dict
@@ -142,23 +146,26 @@ def fit(*, kind: ModelKind, out_dir: str | os.PathLike, settings, network: torch
         epoch, history, kept = checkpoint["epoch"], list(checkpoint["history"]), checkpoint["best_state"]
 
     def stop_requested() -> bool:
-        return should_stop is not None and bool(should_stop())
+        if should_stop is None:
+            return False
+        return distributed.any_rank(bool(should_stop()), world)
 
     stopped = "max_epochs"
-    bar = tqdm(total=settings.max_epochs, initial=epoch, disable=not progress, desc=desc, unit="epoch",
-               dynamic_ncols=True)
+    bar = tqdm(total=settings.max_epochs, initial=epoch, disable=not (progress and world.is_main), desc=desc,
+               unit="epoch", dynamic_ncols=True)
     try:
         while epoch < settings.max_epochs:
             if stopper.should_stop:
                 stopped = "early_stopping"
                 break
             t0 = time.monotonic()
-            train = train_epoch(epoch + 1, stop_requested)
+            train = distributed.average(train_epoch(epoch + 1, stop_requested), world)
             if train is None:
                 stopped = "cancelled"
                 break
             epoch += 1
-            valid = validate()
+            distributed.broadcast_buffers(network, world)
+            valid = distributed.average(validate(), world)
             value = float(valid[monitor])
             if stopper.step(value, epoch):
                 kept = {k: v.detach().cpu().clone() for k, v in best_state().items()}
@@ -166,16 +173,17 @@ def fit(*, kind: ModelKind, out_dir: str | os.PathLike, settings, network: torch
                       "monitor": monitor, "value": value, "best_value": stopper.best_value,
                       "best_epoch": stopper.best_epoch, "seconds": time.monotonic() - t0}
             history.append(record)
-            kind.save_checkpoint(out_dir, {
-                "settings": settings.to_dict(), "epoch": epoch, "network": network.state_dict(),
-                **{name: obj.state_dict() for name, obj in stateful.items()},
-                "early_stopping": stopper.state_dict(), "best_state": kept, "history": history,
-                **(extra_checkpoint or {}),
-            })
+            if world.is_main:
+                kind.save_checkpoint(out_dir, {
+                    "settings": settings.to_dict(), "epoch": epoch, "network": network.state_dict(),
+                    **{name: obj.state_dict() for name, obj in stateful.items()},
+                    "early_stopping": stopper.state_dict(), "best_state": kept, "history": history,
+                    **(extra_checkpoint or {}),
+                })
             bar.update(1)
             bar.set_postfix(loss=f"{train.get('loss', float('nan')):.4f}", **{monitor: f"{value:.4f}"},
                             best=f"{stopper.best_value:.4f}@{stopper.best_epoch}")
-            if on_epoch is not None:
+            if on_epoch is not None and world.is_main:
                 on_epoch(dict(record))
         else:
             if stopper.should_stop:
@@ -185,5 +193,7 @@ def fit(*, kind: ModelKind, out_dir: str | os.PathLike, settings, network: torch
     summary = {"epochs_run": epoch, "best_epoch": stopper.best_epoch, "monitor": monitor,
                "best_value": stopper.best_value, "stopped": stopped, "resumed": checkpoint is not None,
                "device": str(device) if device is not None else None,
-               "seconds": time.monotonic() - started, "history": history}
+               "seconds": time.monotonic() - started, "history": history,
+               "world_size": world.world_size, "rank": world.rank, "rank_epochs": distributed.gather(epoch, world),
+               "gpu_peak_memory_mb": torch.cuda.max_memory_allocated(gpu) / 2 ** 20 if gpu is not None else None}
     return Fit(kept, summary)
