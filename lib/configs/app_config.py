@@ -9,6 +9,8 @@
                        bytes (datastore and infer)
 ``max_image_pixels``   largest accepted image, width x height      16777216 (4096 x 4096)
                        (read from the header, before decoding)
+``max_frames``         most frames of an accepted DICOM cine       500
+                       loop (read from the header)
 ``max_model_bytes``    largest accepted ``PUT /model/<name>``      1073741824 (1 GiB)
 ``train_preset``       defaults declared for ``/train``:           ``quick``
                        ``quick`` (CPU preset) or ``paper``
@@ -43,8 +45,8 @@ logger = logging.getLogger(__name__)
 
 PRESETS = ("quick", "paper")
 AUTH_SCOPES = ("writes", "all")
-KEYS = ("models_dir", "max_upload_bytes", "max_image_pixels", "max_model_bytes", "train_preset", "auth_token_file",
-        "auth_scope", "cors_origins")
+KEYS = ("models_dir", "max_upload_bytes", "max_image_pixels", "max_frames", "max_model_bytes", "train_preset",
+        "auth_token_file", "auth_scope", "cors_origins")
 TOKEN_FILE_ENV = "LORIS_AUTH_TOKEN_FILE"
 TOKEN_ENV = "LORIS_AUTH_TOKEN"
 MIN_TOKEN_CHARS = 16
@@ -144,6 +146,7 @@ class AppConfig:
         limits = UploadLimits(
             max_bytes=_positive_int(conf, "max_upload_bytes", UploadLimits.max_bytes),
             max_pixels=_positive_int(conf, "max_image_pixels", UploadLimits.max_pixels),
+            max_frames=_positive_int(conf, "max_frames", UploadLimits.max_frames),
         )
         return cls(models_dir=models_dir, limits=limits, train_preset=preset,
                    max_model_bytes=_positive_int(conf, "max_model_bytes", DEFAULT_MAX_MODEL_BYTES),
