@@ -26,6 +26,7 @@ from typing import Any, Dict
 
 import numpy as np
 
+from lib.data.dicom import frame_size, header_size as itk_header_size
 from lib.data.imageio import IMAGE_EXTENSIONS
 from lib.data.records import LABELS
 from lib.errors import DataError
@@ -87,18 +88,6 @@ def image_extension(filename: str) -> str:
     )
 
 
-def _sitk_size(path: str, what: str) -> tuple[int, ...]:
-    import SimpleITK as sitk
-
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise DataError(f"{what}: not a readable file ({str(exc).strip().splitlines()[-1]})") from None
-    return tuple(int(v) for v in reader.GetSize())
-
-
 def header_frames(path: str | os.PathLike, what: str) -> tuple[int, int, int]:
     """``(width, height, frames)`` of an image file from its header: ``frames`` > 1 only for a DICOM cine loop.
 
@@ -106,10 +95,7 @@ def header_frames(path: str | os.PathLike, what: str) -> tuple[int, int, int]:
         DataError: as :func:`header_size`; a DICOM that is neither a frame nor a loop of frames.
     """
     if str(path).lower().endswith(".dcm"):
-        size = _sitk_size(str(path), what)
-        if len(size) not in (2, 3):
-            raise DataError(f"{what}: expected a 2D frame or a cine loop of 2D frames, got size {list(size)}")
-        return size[0], size[1], size[2] if len(size) == 3 else 1
+        return frame_size(path, what)
     return (*header_size(path, what), 1)
 
 
@@ -128,7 +114,7 @@ def header_size(path: str | os.PathLike, what: str) -> tuple[int, int]:
     if lower.endswith(".dcm"):
         return header_frames(path, what)[:2]
     if lower.endswith((".nrrd", ".nii", ".nii.gz")):
-        size = _sitk_size(path, what)
+        size = itk_header_size(path, what)
         if len(size) < 2 or any(s != 1 for s in size[2:]):
             raise DataError(f"{what}: expected one 2D frame, got size {list(size)}")
         return size[0], size[1]

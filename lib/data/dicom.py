@@ -173,11 +173,11 @@ def read_header(path: str | os.PathLike):
         raise DataError(f"{path}: not a readable DICOM header ({exc})") from None
 
 
-def frame_size(path: str | os.PathLike) -> tuple[int, int, int]:
-    """``(width, height, frames)`` of a DICOM image, from its header (no pixels decoded).
+def header_size(path: str | os.PathLike, what: str | None = None) -> tuple[int, ...]:
+    """The size ``(x, y[, z])`` of an image file SimpleITK reads (DICOM, NRRD, NIfTI), from its header only.
 
     Raises:
-        DataError: not readable, or not a 2D image or loop of 2D frames.
+        DataError: not readable (the message starts with ``what``, default the path).
     """
     import SimpleITK as sitk
 
@@ -186,10 +186,20 @@ def frame_size(path: str | os.PathLike) -> tuple[int, int, int]:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise DataError(f"{path}: not a readable DICOM image ({str(exc).strip().splitlines()[-1]})") from None
-    size = [int(v) for v in reader.GetSize()]
+        raise DataError(f"{what or path}: not a readable image file ({str(exc).strip().splitlines()[-1]})") from None
+    return tuple(int(v) for v in reader.GetSize())
+
+
+def frame_size(path: str | os.PathLike, what: str | None = None) -> tuple[int, int, int]:
+    """``(width, height, frames)`` of a DICOM image, from its header (no pixels decoded).
+
+    Raises:
+        DataError: not readable, or not a 2D image or loop of 2D frames (the message starts with ``what``,
+            default the path).
+    """
+    size = header_size(path, what)
     if len(size) < 2 or len(size) > 3:
-        raise DataError(f"{path}: expected a 2D frame or a loop of 2D frames, got size {size}")
+        raise DataError(f"{what or path}: expected a 2D frame or a cine loop of 2D frames, got size {list(size)}")
     return size[0], size[1], size[2] if len(size) == 3 else 1
 
 

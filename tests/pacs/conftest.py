@@ -21,7 +21,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from tests.conftest import APP_DIR, STARTUP_TIMEOUT_S
+from tests.conftest import APP_DIR, STARTUP_TIMEOUT_S, ServerProcess
 from tests.pacs.orthanc import Orthanc, install, locate
 
 PIXEL_LIMIT = 50_000  # the app's --conf max_image_pixels here: the 96 x 64 frames pass, the large one does not
@@ -105,35 +105,19 @@ def orthanc_pacs(orthanc_binary, tmp_path_factory):
 
 
 @dataclass
-class PacsServer:
-    """The app served on the PACS (``--studies <dicom-web URL>``)."""
+class PacsServer(ServerProcess):
+    """The app served on the PACS: ``datastore`` is the DICOMweb URL (``--studies``); ``store`` its local store."""
 
-    url: str
-    store: Path
-    models_dir: Path
-    conf: dict
-    env: dict
-    log_path: Path
-    pacs: PacsContent
-    handle: object = None
+    store: Path = None
+    conf: dict = field(default_factory=dict)
+    pacs: PacsContent = None
 
     def start(self) -> None:
         from lib.server_process import start_server
 
         port = int(self.url.rsplit(":", 1)[1])
-        self.handle = start_server(APP_DIR, self.pacs.orthanc.dicomweb, self.conf, "127.0.0.1", port, env=self.env,
+        self.handle = start_server(self.app_dir, self.datastore, self.conf, "127.0.0.1", port, env=self.env,
                                    log_path=self.log_path, timeout=STARTUP_TIMEOUT_S)
-
-    def stop(self) -> None:
-        if self.handle is not None:
-            self.handle.stop()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.handle.log_tail(chars)
 
 
 @pytest.fixture(scope="session")
@@ -148,8 +132,9 @@ def pacs_server(server, orthanc_pacs, tmp_path_factory):
             "max_upload_bytes": 2_000_000}
     env = {**QUIET_ENV, "MONAI_LABEL_SESSION_PATH": str(root / "sessions"), "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1", "MONAI_LABEL_DICOMWEB_CACHE_EXPIRY": "1"}
-    proc = PacsServer(url=f"http://127.0.0.1:{free_port()}", store=store, models_dir=models_dir, conf=conf, env=env,
-                      log_path=root / "server.log", pacs=orthanc_pacs)
+    proc = PacsServer(url=f"http://127.0.0.1:{free_port()}", datastore=orthanc_pacs.orthanc.dicomweb,
+                      models_dir=models_dir, app_dir=APP_DIR, log_path=root / "server.log", env=env, store=store,
+                      conf=conf, pacs=orthanc_pacs)
     proc.start()
     try:
         yield proc
