@@ -310,9 +310,6 @@ class PacsDatastore(HardenedDatastore):
     def list_images(self) -> List[str]:
         return sorted(set(super().list_images()) | set(self._listed()))
 
-    def get_labeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
-        return super().get_labeled_images(label_tag, labels)
-
     def get_unlabeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
         labelled = set(self.get_labeled_images(label_tag, labels))
         return [image_id for image_id in self.list_images() if image_id not in labelled]
@@ -339,13 +336,14 @@ class PacsDatastore(HardenedDatastore):
         return super().save_label(image_id, label_filename, label_tag, label_info)
 
     def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
-        if isinstance(image_id, str) and not super().has_image(image_id):
-            check_name(image_id, "image id")
-            self.get_image_uri(image_id)
-        pacs = sorted(set(info or {}) & set(PACS_INFO_KEYS))
+        """Merge a client's info into a local image's (a PACS image is retrieved first); PACS keys are refused."""
+        pacs = sorted(set(info or {}) & set(PACS_INFO_KEYS)) if isinstance(info, dict) else []
         if pacs:
             raise client_error(BAD_REQUEST, f"image info for {image_id!r}: {', '.join(pacs)} comes from the PACS; "
                                             "a client cannot set it")
+        if isinstance(image_id, str) and not super().has_image(image_id):
+            check_name(image_id, "image id")
+            self.get_image_uri(image_id)
         return super().update_image_info(image_id, info)
 
 
