@@ -692,5 +692,6 @@ class HardenedDatastore(LocalDatastore):
             store.description = description
 
 
-__all__ = ["FILE_INFO_KEYS", "HardenedDatastore", "IMAGE_PATTERNS", "file_info", "LABEL_EXTENSIONS", "OverLimit", "UploadLimits", "UPLOADS_DIR",
-           "check_name", "check_upload", "header_size", "read_label_upload", "validate_label_info"]
+__all__ = ["FILE_INFO_KEYS", "HardenedDatastore", "IMAGE_PATTERNS", "LABEL_EXTENSIONS", "OverLimit", "UploadLimits",
+           "UPLOADS_DIR", "check_name", "check_upload", "file_info", "header_size", "read_label_upload",
+           "validate_label_info"]

@@ -254,5 +254,5 @@ def validate_label_info(info, width: int, height: int, *, final: bool, foregroun
     return out
 
 
-__all__ = ["LABEL_EXTENSIONS", "OverLimit", "UploadLimits", "check_name", "check_upload", "header_frames", "header_size",
-           "image_extension", "read_label_upload", "validate_label_info"]
+__all__ = ["LABEL_EXTENSIONS", "OverLimit", "UploadLimits", "check_name", "check_upload", "header_frames",
+           "header_size", "image_extension", "read_label_upload", "validate_label_info"]

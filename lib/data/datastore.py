@@ -19,8 +19,8 @@ Index entries (``datastore_v2.json``, ``objects[<image>]``):
 - image info: ``{"name", "ts", "patient_id"}`` (plus ``"box"`` for an unlabelled image that has one);
 - final label info: ``{"name", "ts", "label": "normal"|"distended", "box": [x0, y0, x1, y1],
   "patient_id", "has_mask"}`` (and ``"frame"`` for a label of a DICOM cine loop: the frame,
-  0 = the first, that the mask and box are of; the record reads that frame). A normal image's final label is an all-zero mask
-  (class and box confirmed). A distended image without a pixel mask also gets an
+  0 = the first, that the mask and box are of; the record reads that frame). A normal image's
+  final label is an all-zero mask (class and box confirmed). A distended image without a pixel mask also gets an
   all-zero label, with ``"has_mask": false`` so that it reads back without a mask.
 
 Unlabelled images (label None) get no final label. Reading returns

@@ -79,7 +79,8 @@ class ImageFile:
             the imaging region (see :mod:`lib.data.dicom`) are 0.
         pixel_spacing_mm: ``(x, y)`` millimetres per pixel (x = column, y = row), or None when the file
             does not say (PNG, JPEG, an uncalibrated DICOM).
-        spacing_source: ``"ultrasound_region"`` or ``"pixel_spacing"`` (:data:`lib.data.dicom.SPACING_SOURCES`), or None.
+        spacing_source: ``"ultrasound_region"`` or ``"pixel_spacing"``
+            (:data:`lib.data.dicom.SPACING_SOURCES`), or None.
         imaging_regions: the boxes outside which pixels were set to 0; empty: none were.
         note: why a calibrated-looking file got no spacing, else None.
     """

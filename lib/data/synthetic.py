@@ -810,7 +810,8 @@ def generate_cine(frames: int, patients: int = 1, seed: int = 0, image_size: tup
 
 
 def write_cine_dicom(path: str | os.PathLike, loop: CineLoop, rgb: bool = True) -> Path:
-    """Write a loop as a DICOM US Multi-frame image with its region calibration (:func:`lib.data.dicom.write_ultrasound_dicom`)."""
+    """Write a loop as a DICOM US Multi-frame image with its region calibration
+    (:func:`lib.data.dicom.write_ultrasound_dicom`)."""
     from lib.data.dicom import write_ultrasound_dicom
 
     return write_ultrasound_dicom(path, loop.frames, (loop.pixel_mm, loop.pixel_mm), loop.imaging_region,

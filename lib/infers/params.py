@@ -177,7 +177,8 @@ def request_frame(request: dict, frame_count: int) -> int | None:
     value = request.get("frame")
     if value is None or value == "":
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+    whole = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not whole or value != int(value):
         raise DataError(f"params.frame: expected a whole number (0 = the first frame), got {_short(value)}")
     frame = int(value)
     if not 0 <= frame < frame_count:
