@@ -2,7 +2,10 @@
 # sample data, setting everything up on first use) and `make test`.
 # Both create the virtual environment and install requirements.txt when missing.
 # `make test` also creates .venv-slicer (3D Slicer's core libraries, the slicer-core
-# wheel, which pins its own VTK) and runs the Slicer module's scene tests there.
+# wheel, which pins its own VTK) and runs the Slicer module's scene tests there, and
+# installs the Orthanc PACS with its DICOMweb plugin (Debian packages orthanc and
+# orthanc-dicomweb) when they are missing and apt-get may run (root or password-less
+# sudo); the PACS tests start their own Orthanc, and are skipped, saying why, without it.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -16,7 +19,7 @@ SLICER_PY := $(SLICER_VENV)/bin/python
 SLICER_REQUIREMENTS := tests/slicer_module/scene/requirements.txt
 SLICER_STAMP := $(SLICER_VENV)/.requirements-installed
 
-.PHONY: run test venv slicer-venv clean
+.PHONY: run test venv slicer-venv orthanc clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,11 +37,14 @@ $(SLICER_STAMP): $(SLICER_REQUIREMENTS)
 
 slicer-venv: $(SLICER_STAMP)
 
+orthanc: $(STAMP)
+	$(PY) -m tests.pacs.orthanc install
+
 run: $(STAMP)
 	$(PY) -m lib.app_setup --workdir $(WORKDIR) --host $(HOST) --port $(PORT)
 
 # The scene tests start their throwaway server with the server environment's Python.
-test: $(STAMP) $(SLICER_STAMP)
+test: $(STAMP) $(SLICER_STAMP) orthanc
 	$(PY) -m pytest -q tests
 	LORIS_SERVER_PYTHON=$(abspath $(PY)) $(SLICER_PY) -m pytest -q -p no:cacheprovider \
 		--confcutdir=tests/slicer_module/scene tests/slicer_module/scene

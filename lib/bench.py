@@ -28,7 +28,7 @@ What is measured (times in milliseconds; p50/p95 over repeated requests):
 - ``pipeline_ms``: one image end to end in-process, through
   :func:`lib.pipeline.run_inference` with a loaded pipeline (read PNG,
   resize, mask, reconstruct, anomaly map, score, segmentation, write
-  ``reconstruction.png``, ``anomaly_map.nrrd``, ``mask.png``, ``result.json``
+  ``reconstruction.png``, ``anomaly_map.nrrd``, ``mask.png``, ``segmentation.nrrd``, ``result.json``
   into a new folder each time, as one ``infer --out`` per image does: on ext4,
   renaming over an earlier run's files costs ~0.6 ms more per file);
   ``pipeline_outside_forward_share`` = ``1 - forward_ms.p50 / pipeline_ms.p50``

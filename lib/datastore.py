@@ -38,8 +38,13 @@ index in ``datastore_v2.json``), and this class keeps it. What it adds:
 * **Labels never contradict their class.** A ``normal`` label with a non-empty mask
   is refused (400); a final label without a class takes it from its mask.
 * **Uploads are checked from the header first** (:mod:`lib.upload_checks`): byte size,
-  then width x height read from the file header, and only then decoded, so a
-  decompression bomb is refused (413) before it costs memory.
+  then width x height (and a DICOM cine loop's frames) read from the file header, and
+  only then decoded, so a decompression bomb is refused (413) before it costs memory.
+* **DICOM ultrasound keeps its geometry.** A DICOM image is stored as uploaded; its
+  image info records what the server read from it (:data:`FILE_INFO_KEYS`:
+  ``pixel_spacing_mm`` ``[x, y]`` or null, ``spacing_source``, ``frame_count``), which a
+  client may read but not set. A final label of a cine loop names its ``frame``
+  (0 = the first): the frame its mask and box are of, the frame training reads.
 
 Label info of a final label (the contract of the whole project)::
 
@@ -72,12 +77,12 @@ import numpy as np
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from monailabel.interfaces.datastore import DefaultLabelTag
 
-from lib.data.imageio import IMAGE_EXTENSIONS, read_image, read_mask
+from lib.data.imageio import IMAGE_EXTENSIONS, read_image_file, read_mask
 from lib.errors import DataError
 from lib.infers.http_errors import BAD_REQUEST, CONFLICT, FORBIDDEN, NOT_FOUND, PAYLOAD_TOO_LARGE, client_error
 from lib.infers.params import strict_box
-from lib.upload_checks import (LABEL_EXTENSIONS, OverLimit, UploadLimits, check_name, check_upload, header_size,
-                               image_extension, read_label_upload, validate_label_info)
+from lib.upload_checks import (LABEL_EXTENSIONS, OverLimit, UploadLimits, check_name, check_upload, header_frames,
+                               header_size, image_extension, read_label_upload, validate_label_info)
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +91,17 @@ IMAGE_PATTERNS = tuple(f"*{ext}" for ext in IMAGE_EXTENSIONS)
 
 UPLOADS_DIR = ".uploads"
 """Hidden folder of the datastore where the server keeps request uploads while it checks them."""
+
+FILE_INFO_KEYS = ("pixel_spacing_mm", "spacing_source", "frame_count")
+"""Image info keys the datastore reads from the image file itself; clients cannot set them."""
+
+
+def file_info(image) -> Dict[str, Any]:
+    """The :data:`FILE_INFO_KEYS` of an :class:`~lib.data.imageio.ImageFile`."""
+    spacing = image.pixel_spacing_mm
+    return {"pixel_spacing_mm": [float(v) for v in spacing] if spacing else None,
+            "spacing_source": image.spacing_source, "frame_count": image.frame_count}
+
 
 _STAGED = re.compile(r"^\.(?P<name>.+)\.(?P<kind>pending|removing)-[0-9a-f]{32}$")
 
@@ -424,16 +440,18 @@ class HardenedDatastore(LocalDatastore):
         try:
             width, height = check_upload(image_filename, self.limits, f"image {image_id!r}")
             try:
-                read_image(image_filename)
+                decoded = read_image_file(image_filename)
             except DataError as exc:
                 raise DataError(f"image {image_id!r}: {str(exc).replace(str(image_filename), 'file')}") from None
-            info = validate_label_info(image_info, width, height, final=False, foreground=None)
+            info = validate_label_info(image_info, width, height, final=False, foreground=None,
+                                       frame_count=decoded.frame_count)
         except DataError as exc:
             if isinstance(exc, OverLimit) or str(exc).startswith(f"image {image_id!r}"):
                 raise _user_error(exc) from None
             raise _user_error(DataError(f"image {image_id!r}: {exc}")) from None
-        for key in ("label", "box"):
+        for key in ("label", "box", "frame"):
             info.pop(key, None)  # image info carries no class/box; those belong to the label
+        info.update(file_info(decoded))
 
         with self._lock:
             dest = Path(self._image_path(image_id, ext))
@@ -454,11 +472,15 @@ class HardenedDatastore(LocalDatastore):
         return image_id
 
     def _image_size(self, image_id: str) -> tuple[int, int]:
+        return self._image_frames(image_id)[:2]
+
+    def _image_frames(self, image_id: str) -> tuple[int, int, int]:
+        """``(width, height, frames)`` of a stored image, from its header."""
         uri = self.get_image_uri(image_id) if isinstance(image_id, str) else ""
         if not uri or not os.path.isfile(uri):
             raise client_error(NOT_FOUND, f"image {image_id!r} not found in the datastore")
         try:
-            return header_size(uri, f"image {image_id!r}")
+            return header_frames(uri, f"image {image_id!r}")
         except DataError as exc:
             raise _user_error(exc) from None
 
@@ -472,14 +494,14 @@ class HardenedDatastore(LocalDatastore):
         check_name(image_id, "image id")
         label_tag = label_tag or DefaultLabelTag.FINAL.value
         check_name(label_tag, "label tag")
-        width, height = self._image_size(image_id)
+        width, height, frames = self._image_frames(image_id)
         try:
             size = os.path.getsize(label_filename)
             if size > self.limits.max_bytes:
                 raise OverLimit(f"label file: {size} bytes is over the limit of {self.limits.max_bytes} bytes")
             mask = read_label_upload(label_filename, width, height)
             info = validate_label_info(label_info, width, height, final=label_tag == DefaultLabelTag.FINAL.value,
-                                       foreground=int(mask.sum()))
+                                       foreground=int(mask.sum()), frame_count=frames)
         except DataError as exc:
             raise _user_error(DataError(f"label for image {image_id!r}: {exc}")) from None
 
@@ -520,6 +542,10 @@ class HardenedDatastore(LocalDatastore):
         if "patient_id" in info and (not isinstance(info["patient_id"], (str, int)) or isinstance(info["patient_id"], bool)):
             raise client_error(BAD_REQUEST, f"image info for {image_id!r}: patient_id must be text")
         info = {k: v for k, v in info.items() if k not in ("name", "path")}
+        fixed = sorted(set(info) & set(FILE_INFO_KEYS))
+        if fixed:
+            raise client_error(BAD_REQUEST, f"image info for {image_id!r}: {', '.join(fixed)} is read from the image "
+                                            "file by the server; a client cannot set it")
         if info.get("loris") not in (None, {}):
             raise client_error(BAD_REQUEST, f"image info for {image_id!r}: 'loris' holds the scores that "
                                             "loris_scoring writes; a client may only clear it ({})")
@@ -557,7 +583,7 @@ class HardenedDatastore(LocalDatastore):
         """Merge ``info`` into a stored label's info; a class that contradicts the stored mask is refused."""
         check_name(label_id, "image id")
         check_name(label_tag, "label tag")
-        width, height = self._image_size(label_id)
+        width, height, frames = self._image_frames(label_id)
         label_uri = self.get_label_uri(label_id, label_tag)
         if not label_uri:
             raise client_error(NOT_FOUND, f"no {label_tag!r} label for image {label_id!r}")
@@ -565,7 +591,7 @@ class HardenedDatastore(LocalDatastore):
             foreground = None
             if isinstance(info, dict) and info.get("label") == "normal":
                 foreground = int(read_mask(label_uri).sum())
-            info = validate_label_info(info, width, height, final=False, foreground=foreground)
+            info = validate_label_info(info, width, height, final=False, foreground=foreground, frame_count=frames)
         except DataError as exc:
             raise _user_error(DataError(f"label info for image {label_id!r}: {str(exc).replace(label_uri, 'label')}")) from None
         info.pop("label_source", None)
@@ -666,5 +692,6 @@ class HardenedDatastore(LocalDatastore):
             store.description = description
 
 
-__all__ = ["HardenedDatastore", "IMAGE_PATTERNS", "LABEL_EXTENSIONS", "OverLimit", "UploadLimits", "UPLOADS_DIR",
-           "check_name", "check_upload", "header_size", "read_label_upload", "validate_label_info"]
+__all__ = ["FILE_INFO_KEYS", "HardenedDatastore", "IMAGE_PATTERNS", "LABEL_EXTENSIONS", "OverLimit", "UploadLimits",
+           "UPLOADS_DIR", "check_name", "check_upload", "file_info", "header_size", "read_label_upload",
+           "validate_label_info"]

@@ -21,11 +21,23 @@ The result vocabulary (:meth:`PipelineResult.to_json`, the keys the README docum
 ``score``, ``distended``, ``threshold``, ``metric``, ``pixel_metric``, ``pixel_threshold``,
 ``display_range``, ``box``, ``box_source`` (``request``, or the caller's name for a box it
 gave, such as scoring's ``image_info``; ``detector``; ``whole_image``), ``detector_confidence``,
-``image_size`` ``[W, H]``.
+``image_size`` ``[W, H]``, ``pixel_spacing_mm`` ``[x, y]`` (millimetres per pixel from the DICOM
+calibration, or null), ``spacing_source``, ``measurements`` (the segmentation's ``area_mm2`` and
+``max_thickness_mm``, see :mod:`lib.loris.measurements`), ``frame`` (the frame of the result, 0 =
+the first), ``frame_count`` and ``frame_scores`` (every frame's score when a cine loop was scored
+whole, else null).
+
+**Cine loops** (:meth:`Pipeline.run_file`): with a ``frame``, that frame is the image. Without
+one, every frame is boxed and scored in batches (``batch_size`` frames per network forward: a
+100-frame loop at 16 is 7 forwards), and the most anomalous frame (highest score) gets the
+full result: one more forward for its map and segmentation. One given box serves every frame;
+without one the detector boxes each frame, and frames it finds nothing in are left unscored
+(score null) -- the ``fail`` policy fails only when no frame has a box.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -33,9 +45,10 @@ from typing import Sequence
 
 import numpy as np
 
-from lib.data.imageio import read_image
+from lib.data.imageio import ImageFile, read_image_file
 from lib.data.records import Box, validate_box
 from lib.errors import DataError, ModelError, NoBoxError
+from lib.loris.measurements import measure
 from lib.loris.predictor import LorisPredictor, Prediction, write_outputs
 
 BOX_POLICIES = ("fail", "skip", "whole_image")
@@ -73,17 +86,32 @@ class PipelineResult:
         box_choice: the box and its source.
         prediction: the LoRIS prediction, or None when the policy left the image without a box.
         image_size: ``(W, H)``.
+        pixel_spacing_mm: ``(x, y)`` millimetres per pixel, or None when unknown.
+        spacing_source: where the spacing came from (:data:`lib.data.dicom.SPACING_SOURCES`), or None.
+        frame: the frame of the file the result is of (0 = the first).
+        frame_count: how many frames the file has.
+        frame_scores: every frame's score (None for a frame without a box) when a loop was scored whole.
     """
 
     box_choice: BoxChoice
     prediction: Prediction | None
     image_size: tuple[int, int]
+    pixel_spacing_mm: tuple[float, float] | None = None
+    spacing_source: str | None = None
+    frame: int = 0
+    frame_count: int = 1
+    frame_scores: list | None = None
 
     def to_json(self) -> dict:
         """The result vocabulary (module docstring); ``prediction`` None gives the box fields only."""
         out = self.prediction.to_json() if self.prediction is not None else {"box": None}
         out.update(box_source=self.box_choice.source, detector_confidence=self.box_choice.confidence,
-                   image_size=[int(v) for v in self.image_size])
+                   image_size=[int(v) for v in self.image_size],
+                   pixel_spacing_mm=[float(v) for v in self.pixel_spacing_mm] if self.pixel_spacing_mm else None,
+                   spacing_source=self.spacing_source, frame=int(self.frame), frame_count=int(self.frame_count),
+                   frame_scores=list(self.frame_scores) if self.frame_scores is not None else None)
+        if self.prediction is not None:
+            out["measurements"] = measure(self.prediction.mask, self.pixel_spacing_mm)
         return out
 
 
@@ -223,30 +251,78 @@ class Pipeline:
         """One image (see :meth:`run`)."""
         return self.run([image], [box], policy, metric, [name], with_reconstruction)[0]
 
+    def run_file(self, image: ImageFile, box: Box | None = None, policy: str = "fail", metric: str | None = None,
+                 frame: int | None = None, name: str = "image", with_reconstruction: bool = True,
+                 batch_size: int = 16) -> PipelineResult:
+        """One image file: a single frame, a chosen frame of a cine loop, or a whole loop (module docstring).
+
+        Args:
+            image: the file as :func:`lib.data.imageio.read_image_file` read it (its spacing goes into the result).
+            box: one box for every frame, or None (the detector's, then ``policy``).
+            frame: the frame to run (0 = the first); None: the only frame, or every frame of a loop.
+            batch_size: frames per network forward when a loop is scored whole.
+
+        Raises:
+            DataError: a ``frame`` the file lacks; a bad box.
+            NoBoxError: ``policy == "fail"`` and no frame has a box.
+        """
+        count = image.frame_count
+        geometry = dict(pixel_spacing_mm=image.pixel_spacing_mm, spacing_source=image.spacing_source,
+                        frame_count=count)
+        if frame is not None or count == 1:
+            array = image.frame(frame, name)
+            result = self.run_one(array, box, policy, metric, name, with_reconstruction)
+            return dataclasses.replace(result, frame=int(frame or 0), **geometry)
+        check_box_policy(policy)
+        if box is None and policy == "fail":
+            self.detector()  # no detector: the usual NoBoxError, not "no recess in any frame"
+        frames = list(image.frames)
+        names = [f"{name}, frame {i}" for i in range(count)]
+        choices = self.boxes(frames, [box] * count, "skip" if policy == "fail" else policy, names)
+        keep = [i for i, c in enumerate(choices) if c.box is not None]
+        if not keep:
+            if policy == "fail":
+                raise NoBoxError(f"{name}: no box given and the recess detector found no recess in any of the "
+                                 f"{count} frames; give the box (x_min, y_min, x_max, y_max)")
+            return PipelineResult(choices[0], None, image.size, frame=0, frame_scores=[None] * count, **geometry)
+        score_metric = metric or self.predictor.settings.metric
+        scored = self.predictor.score_batch([frames[i] for i in keep], [choices[i].box for i in keep],
+                                            (score_metric,), batch_size)[score_metric]
+        frame_scores: list = [None] * count
+        for i, value in zip(keep, scored):
+            frame_scores[i] = float(value)
+        best = keep[int(np.argmax(scored))]
+        prediction = self.predictor.predict_served([frames[best]], [choices[best].box], metric,
+                                                   with_reconstruction=with_reconstruction)[0]
+        return PipelineResult(choices[best], prediction, image.size, frame=best, frame_scores=frame_scores,
+                              **geometry)
+
 
 def run_inference(pipeline: Pipeline, image_path: str | os.PathLike, out_dir: str | os.PathLike,
                   box: Box | None = None, policy: str = "fail", metric: str | None = None,
-                  context: dict | None = None, timings: dict | None = None) -> dict:
+                  context: dict | None = None, timings: dict | None = None, frame: int | None = None) -> dict:
     """The pipeline on one image file; writes :data:`lib.loris.predictor.OUTPUT_FILES` into ``out_dir``.
 
     Returns the ``result.json`` dict: the result vocabulary, ``image`` (the path), ``context`` (e.g. the model
     folder), the file names and ``mask_pixels``. Model, image and box are checked before anything runs; the
-    files appear only once all are written. ``timings``, when given, receives each step's wall time in
-    milliseconds: ``read_ms`` (the image file), ``predict_ms`` (box, network and maps), ``write_ms`` (the files).
+    files appear only once all are written; the NRRD files carry the image's pixel spacing. A cine loop is
+    run as :meth:`Pipeline.run_file` says (``frame``: one frame; None: every frame, the most anomalous
+    written). ``timings``, when given, receives each step's wall time in milliseconds: ``read_ms`` (the image
+    file), ``predict_ms`` (box, network and maps), ``write_ms`` (the files).
 
     Raises:
-        DataError: unreadable image, or a box outside the image, inverted or empty.
+        DataError: unreadable image, a frame it lacks, or a box outside the image, inverted or empty.
         NoBoxError: no box, and the detector is missing or finds none (``policy == "fail"``).
     """
     t0 = time.perf_counter()
-    image = read_image(image_path)
+    image = read_image_file(image_path)
     t1 = time.perf_counter()
-    result = pipeline.run_one(image, box, policy, metric, name=str(image_path))
+    result = pipeline.run_file(image, box, policy, metric, frame, name=str(image_path))
     if result.prediction is None:
         raise NoBoxError(f"{image_path}: no box given and the recess detector found no recess")
     t2 = time.perf_counter()
     extra = {**result.to_json(), "image": str(image_path), **(context or {})}
-    written = write_outputs(result.prediction, out_dir, extra)
+    written = write_outputs(result.prediction, out_dir, extra, result.pixel_spacing_mm)
     if timings is not None:
         timings.update(read_ms=(t1 - t0) * 1e3, predict_ms=(t2 - t1) * 1e3, write_ms=(time.perf_counter() - t2) * 1e3)
     return written

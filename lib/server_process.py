@@ -141,11 +141,18 @@ class ServerHandle:
         self.stop()
 
 
+def _is_url(studies) -> bool:
+    return str(studies).startswith(("http://", "https://"))
+
+
 def server_command(app_dir: str | os.PathLike, studies: str | os.PathLike, conf: dict | None, host: str,
                    port: int) -> list[str]:
-    """The ``monailabel start_server`` command line (``conf`` values become ``--conf KEY VALUE`` pairs)."""
+    """The ``monailabel start_server`` command line (``conf`` values become ``--conf KEY VALUE`` pairs).
+
+    ``studies`` is a datastore folder or the URL of a DICOMweb server (``http://HOST/dicom-web``)."""
+    studies = str(studies) if _is_url(studies) else str(Path(studies).resolve())
     cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(Path(app_dir).resolve()),
-           "--studies", str(Path(studies).resolve())]
+           "--studies", studies]
     for key, value in (conf or {}).items():
         cmd += ["--conf", str(key), str(value)]
     return cmd + ["--host", host, "--port", str(int(port))]
@@ -158,7 +165,7 @@ def start_server(app_dir: str | os.PathLike = APP_DIR, studies: str | os.PathLik
 
     Args:
         app_dir: the MONAI Label app folder (default: this repository's ``monailabel_app``).
-        studies: the datastore folder.
+        studies: the datastore folder, or a DICOMweb URL (then give ``log_path``).
         conf: ``--conf`` pairs, e.g. ``{"models_dir": "/path/models"}``.
         host, port: where to listen (port None = a free one).
         env: extra environment variables (over this process's environment; the repository is put on
@@ -177,8 +184,9 @@ def start_server(app_dir: str | os.PathLike = APP_DIR, studies: str | os.PathLik
     port = free_port(host) if port is None else int(port)
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), full_env.get("PYTHONPATH", "")) if p)
-    studies = Path(studies)
-    log = Path(log_path) if log_path is not None else studies.resolve().parent / "server.log"
+    if log_path is None and _is_url(studies):
+        raise ServerError("start_server: a DICOMweb datastore needs a log_path")
+    log = Path(log_path) if log_path is not None else Path(studies).resolve().parent / "server.log"
     handle = ServerHandle(url=f"http://{host}:{port}", command=server_command(app_dir, studies, conf, host, port),
                           env=full_env, log_path=log, cwd=log.parent)
     return handle.start(timeout)

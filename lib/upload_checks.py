@@ -2,10 +2,10 @@
 
 * **Ids and tags** are names, never paths (:func:`check_name`).
 * **Image and mask files** are checked from their header first: byte size, then
-  width x height read without decoding the pixels (PNG ``IHDR``, PIL's lazy open,
-  SimpleITK's image information), so a decompression bomb is refused
-  (:class:`OverLimit`, HTTP 413) before it costs memory (:func:`header_size`,
-  :func:`check_upload`, :func:`read_label_upload`).
+  width x height (and a DICOM cine loop's number of frames) read without decoding the
+  pixels (PNG ``IHDR``, PIL's lazy open, SimpleITK's image information), so a
+  decompression bomb is refused (:class:`OverLimit`, HTTP 413) before it costs memory
+  (:func:`header_size`, :func:`check_upload`, :func:`read_label_upload`).
 * **Label params** are typed strictly (:func:`validate_label_info`): a known class, a box of
   four whole finite numbers inside the image, text patient ids; a ``normal`` class with
   a non-empty mask is refused.
@@ -26,11 +26,12 @@ from typing import Any, Dict
 
 import numpy as np
 
+from lib.data.dicom import frame_size, header_size as itk_header_size
 from lib.data.imageio import IMAGE_EXTENSIONS
 from lib.data.records import LABELS
 from lib.errors import DataError
 from lib.infers.http_errors import BAD_REQUEST, client_error
-from lib.infers.params import strict_box
+from lib.infers.params import request_frame, strict_box
 
 LABEL_EXTENSIONS = (".png", ".nrrd", ".nii.gz", ".nii")
 """Label uploads accepted by ``PUT /datastore/label``; all are stored as PNG."""
@@ -46,10 +47,12 @@ class UploadLimits:
     Attributes:
         max_bytes: file size in bytes.
         max_pixels: width x height in pixels (checked from the header before decoding).
+        max_frames: frames of a DICOM cine loop (checked from the header before decoding).
     """
 
     max_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 4096 * 4096
+    max_frames: int = 500
 
 
 class OverLimit(DataError):
@@ -85,31 +88,33 @@ def image_extension(filename: str) -> str:
     )
 
 
-def _sitk_size(path: str, what: str) -> tuple[int, ...]:
-    import SimpleITK as sitk
+def header_frames(path: str | os.PathLike, what: str) -> tuple[int, int, int]:
+    """``(width, height, frames)`` of an image file from its header: ``frames`` > 1 only for a DICOM cine loop.
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise DataError(f"{what}: not a readable file ({str(exc).strip().splitlines()[-1]})") from None
-    return tuple(int(v) for v in reader.GetSize())
+    Raises:
+        DataError: as :func:`header_size`; a DICOM that is neither a frame nor a loop of frames.
+    """
+    if str(path).lower().endswith(".dcm"):
+        return frame_size(path, what)
+    return (*header_size(path, what), 1)
 
 
 def header_size(path: str | os.PathLike, what: str) -> tuple[int, int]:
-    """``(width, height)`` of an image or mask file, read from its header without decoding the pixels.
+    """``(width, height)`` of an image or mask file (of each frame of a DICOM cine loop), read from its header
+    without decoding the pixels.
 
     PNG: the ``IHDR`` chunk; JPEG and other PIL formats: PIL's lazy open; DICOM, NRRD,
-    NIfTI: SimpleITK's image information (a volume must have one slice).
+    NIfTI: SimpleITK's image information (an NRRD or NIfTI volume must have one slice).
 
     Raises:
         DataError: not readable, not 2D; :class:`OverLimit` beyond PIL's own bomb limit.
     """
     path = str(path)
     lower = path.lower()
-    if lower.endswith((".dcm", ".nrrd", ".nii", ".nii.gz")):
-        size = _sitk_size(path, what)
+    if lower.endswith(".dcm"):
+        return header_frames(path, what)[:2]
+    if lower.endswith((".nrrd", ".nii", ".nii.gz")):
+        size = itk_header_size(path, what)
         if len(size) < 2 or any(s != 1 for s in size[2:]):
             raise DataError(f"{what}: expected one 2D frame, got size {list(size)}")
         return size[0], size[1]
@@ -134,15 +139,18 @@ def check_upload(path: str | os.PathLike, limits: UploadLimits, what: str) -> tu
     """Check an uploaded image against ``limits`` from its size and header, before any decoding.
 
     Returns:
-        ``(width, height)``.
+        ``(width, height)`` (of each frame of a cine loop).
 
     Raises:
-        OverLimit: more bytes or pixels than allowed; DataError: unreadable header, empty image.
+        OverLimit: more bytes, pixels or frames than allowed; DataError: unreadable header, empty image.
     """
     size = os.path.getsize(path)
     if size > limits.max_bytes:
         raise OverLimit(f"{what}: {size} bytes is over the limit of {limits.max_bytes} bytes (--conf max_upload_bytes)")
-    width, height = header_size(path, what)
+    width, height, frames = header_frames(path, what)
+    if frames > limits.max_frames:
+        raise OverLimit(f"{what}: a cine loop of {frames} frames is over the limit of {limits.max_frames} frames "
+                        "(--conf max_frames)")
     if width < 1 or height < 1:
         raise DataError(f"{what}: the image is empty ({width}x{height} pixels)")
     if width * height > limits.max_pixels:
@@ -197,7 +205,8 @@ _DERIVED_KEYS = ("ts", "name", "label_source", "mask_sha1")
 """Label info keys the datastore sets itself; a client's values for them are dropped."""
 
 
-def validate_label_info(info, width: int, height: int, *, final: bool, foreground: int | None) -> Dict[str, Any]:
+def validate_label_info(info, width: int, height: int, *, final: bool, foreground: int | None,
+                        frame_count: int = 1) -> Dict[str, Any]:
     """Check label params and return the info to store.
 
     Args:
@@ -205,10 +214,12 @@ def validate_label_info(info, width: int, height: int, *, final: bool, foregroun
         width, height: the image size in pixels.
         final: the label is the ``final`` tag (the class is then required or derived).
         foreground: how many mask pixels are set (None when no mask comes with the info).
+        frame_count: the image's frames; a ``final`` label of a cine loop (more than one) must name its
+            ``frame`` (0 = the first), the frame the mask and box are of.
 
     Raises:
         DataError: not an object, unknown class, ``normal`` with a non-empty mask, bad box,
-            non-text patient id.
+            non-text patient id, a missing or out-of-range frame.
     """
     if info is None:
         info = {}
@@ -233,8 +244,15 @@ def validate_label_info(info, width: int, height: int, *, final: bool, foregroun
         if not isinstance(out["patient_id"], (str, int)) or isinstance(out["patient_id"], bool):
             raise DataError(f"params.patient_id: expected text, got {out['patient_id']!r}")
         out["patient_id"] = str(out["patient_id"])
+    if out.get("frame") is not None:
+        out["frame"] = request_frame(out, frame_count)
+    else:
+        out.pop("frame", None)
+        if final and foreground is not None and frame_count > 1:
+            raise DataError(f"params.frame: the image is a cine loop of {frame_count} frames; name the frame the "
+                            f"label is of (0 .. {frame_count - 1})")
     return out
 
 
-__all__ = ["LABEL_EXTENSIONS", "OverLimit", "UploadLimits", "check_name", "check_upload", "header_size",
-           "image_extension", "read_label_upload", "validate_label_info"]
+__all__ = ["LABEL_EXTENSIONS", "OverLimit", "UploadLimits", "check_name", "check_upload", "header_frames",
+           "header_size", "image_extension", "read_label_upload", "validate_label_info"]

@@ -1,6 +1,9 @@
 """The LoRIS MONAI Label app: ``monailabel start_server --app monailabel_app --studies DATASTORE``.
 
-Builds the hardened datastore (:mod:`lib.datastore`) and registers the tasks of
+Builds the hardened datastore (:mod:`lib.datastore`) -- or, when ``--studies`` is a
+DICOMweb URL (``http://HOST/dicom-web``), the PACS datastore (:mod:`lib.pacs_datastore`:
+ultrasound instances listed from the PACS, retrieved into a local store beside it that
+also keeps the labels) -- and registers the tasks of
 each model's :class:`TaskConfig` (:mod:`lib.configs`): infer tasks ``loris``,
 ``loris_anomaly_map``, ``recess_detection``; trainers ``loris``,
 ``recess_detection``; strategies ``loris_uncertain``, ``loris_most_anomalous``,
@@ -35,7 +38,7 @@ from lib.configs.app_config import AppConfig  # noqa: E402
 from lib.configs.loris import LorisConfig  # noqa: E402
 from lib.configs.recess_detection import RecessDetectionConfig  # noqa: E402
 from lib.data.atomic import atomic_dir  # noqa: E402
-from lib.datastore import HardenedDatastore, check_name  # noqa: E402
+from lib.datastore import FILE_INFO_KEYS, HardenedDatastore, check_name  # noqa: E402
 from lib.errors import DataError  # noqa: E402
 from lib.infers.http_errors import BAD_REQUEST, NOT_FOUND, client_error  # noqa: E402
 from lib.infers.loris import load_predictor  # noqa: E402
@@ -53,15 +56,27 @@ MODEL_LOADERS = {"loris": load_predictor, "recess_detection": load_detector}
 """How ``PUT /model/<name>`` checks that an uploaded ``model.pt`` is a model of that name: the infer tasks' own loaders."""
 
 
+def is_dicomweb(studies) -> bool:
+    """True when ``--studies`` names a DICOMweb server rather than a folder."""
+    return str(studies).startswith(("http://", "https://"))
+
+
 class LorisApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         self.app_config = AppConfig.from_conf(conf, app_dir)
         self.app_config.models_dir.mkdir(parents=True, exist_ok=True)
+        if is_dicomweb(studies):
+            from lib.pacs_datastore import default_store
+
+            studies = str(studies).strip().rstrip("/")
+            self.datastore_root = self.app_config.dicomweb_store or default_store(app_dir, studies)
+        else:
+            self.datastore_root = Path(studies).resolve()
         self.models = {}
         for name, config_class in TASK_CONFIGS.items():
             config = config_class()
             config.init(name, str(self.app_config.models_dir), conf, None,
-                        app_config=self.app_config, datastore_root=Path(studies).resolve())
+                        app_config=self.app_config, datastore_root=self.datastore_root)
             self.models[name] = config
         super().__init__(
             app_dir=app_dir,
@@ -74,11 +89,27 @@ class LorisApp(MONAILabelApp):
         )
 
     def init_datastore(self):
+        if is_dicomweb(self.studies):
+            return self.init_remote_datastore()
         return HardenedDatastore(
             self.studies,
             limits=self.app_config.limits,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def init_remote_datastore(self):
+        """The PACS datastore on the DICOMweb server ``--studies`` (:mod:`lib.pacs_datastore`), with its local store
+        at ``--conf dicomweb_store``; no tools are downloaded (MONAI Label's own one fetches dcmqi)."""
+        from lib.pacs_datastore import PacsDatastore, make_client
+
+        logger.info(f"DICOMweb datastore {self.studies}: filter {self.app_config.dicomweb_filter}, local store "
+                    f"{self.datastore_root}")
+        return PacsDatastore(
+            make_client(self.studies), self.datastore_root, self.app_config.dicomweb_filter,
+            limits=self.app_config.limits, cache_seconds=settings.MONAI_LABEL_DICOMWEB_CACHE_EXPIRY,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
         )
 
     def init_infers(self):
@@ -232,6 +263,9 @@ class LorisApp(MONAILabelApp):
             raise client_error(BAD_REQUEST, f"params.labels: expected a list of label names, got {labels!r}")
         result = super().next_sample(request)
         result.pop("path", None)
+        if result.get("id"):  # the image's geometry, so that a client shows it in millimetres at once
+            info = self.datastore().get_image_info(result["id"])
+            result.update({k: info[k] for k in FILE_INFO_KEYS if k in info})
         return result
 
     def install_model(self, name: str, uploaded: Path) -> Path:

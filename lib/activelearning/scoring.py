@@ -13,9 +13,12 @@ Stored in the image info under ``"loris"``::
 
     {"score": float, "threshold": float, "distended": bool, "metric": str,
      "box": [x0, y0, x1, y1], "box_source": "image_info" | "detector",
-     "model_version": str, "ts": unix time}
+     "frame": int, "model_version": str, "ts": unix time}
 
-Images without a stored box and without a detector box are skipped.
+A DICOM cine loop is scored frame by frame (its frames share the batches) and stored
+with its most anomalous frame's score, box and ``frame`` (0 = the first), as the
+``loris`` infer task answers it. Images without a stored box and without a detector
+box are skipped.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.utils.others.generic import name_to_device
 
-from lib.data.imageio import read_image
+from lib.data.imageio import read_image_file
 from lib.errors import LorisError, ModelError
 from lib.infers.loris import predictor_cache
 from lib.infers.recess_detection import detector_cache
@@ -77,35 +80,44 @@ class LorisScoring(ScoringMethod):
         batch_size = max(1, int(request.get("batch_size", self.batch_size)))
         scored = skipped = 0
         for start in range(0, len(todo), batch_size):
-            ids, images, boxes = [], [], []
+            ids, images, boxes, owners = [], [], [], []  # owners[k]: (image id, frame) of images[k]
             for image_id in todo[start:start + batch_size]:
                 try:
-                    images.append(read_image(datastore.get_image_uri(image_id)))
+                    frames = read_image_file(datastore.get_image_uri(image_id)).frames
                 except LorisError as exc:
                     logger.warning(f"loris_scoring: skipping {image_id}: {exc}")
                     skipped += 1
                     continue
                 ids.append(image_id)
-                boxes.append(datastore.get_image_info(image_id).get("box"))
+                box = datastore.get_image_info(image_id).get("box")
+                for k, frame in enumerate(frames):
+                    images.append(frame)
+                    boxes.append(box)
+                    owners.append((image_id, k))
+            names = [f"image {i!r} info" for i, _ in owners]
             try:
-                results = pipeline.scores(images, boxes, policy="skip", names=[f"image {i!r} info" for i in ids],
-                                          given_source="image_info", batch_size=batch_size)
-            except LorisError as exc:  # a stored box that does not fit its image: score the images one by one
+                results = pipeline.scores(images, boxes, policy="skip", names=names, given_source="image_info",
+                                          batch_size=batch_size)
+            except LorisError as exc:  # a stored box that does not fit its image: score the frames one by one
                 results = []
-                for image_id, image, box in zip(ids, images, boxes):
+                for name, image, box in zip(names, images, boxes):
                     try:
-                        results += pipeline.scores([image], [box], "skip", [f"image {image_id!r} info"], "image_info")
+                        results += pipeline.scores([image], [box], "skip", [name], "image_info")
                     except LorisError as one:
-                        logger.warning(f"loris_scoring: skipping {image_id}: {one}")
+                        logger.warning(f"loris_scoring: skipping {name}: {one}")
                         results.append((None, None))
+            best: dict = {}  # image id -> (score, frame, box choice) of its most anomalous frame
+            for (image_id, k), (choice, score) in zip(owners, results):
+                if score is not None and (image_id not in best or score > best[image_id][0]):
+                    best[image_id] = (score, k, choice)
             now = int(time.time())
             infos = {
                 image_id: {INFO_KEY: {
                     "score": score, "threshold": threshold, "distended": bool(score >= threshold),
                     "metric": metric, "box": [int(v) for v in choice.box], "box_source": choice.source,
-                    "model_version": version, "ts": now,
+                    "frame": k, "model_version": version, "ts": now,
                 }}
-                for image_id, (choice, score) in zip(ids, results) if score is not None
+                for image_id, (score, k, choice) in best.items()
             }
             skipped += len(ids) - len(infos)
             if infos:

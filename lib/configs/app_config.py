@@ -9,6 +9,8 @@
                        bytes (datastore and infer)
 ``max_image_pixels``   largest accepted image, width x height      16777216 (4096 x 4096)
                        (read from the header, before decoding)
+``max_frames``         most frames of an accepted DICOM cine       500
+                       loop (read from the header)
 ``max_model_bytes``    largest accepted ``PUT /model/<name>``      1073741824 (1 GiB)
 ``train_preset``       defaults declared for ``/train``:           ``quick``
                        ``quick`` (CPU preset) or ``paper``
@@ -22,6 +24,14 @@
 ``cors_origins``       comma-separated browser origins allowed     none
                        to call the server (e.g.
                        ``https://viewer.example.org``)
+``dicomweb_filter``    with ``--studies http://.../dicom-web``:    ``{"Modality": "US"}``
+                       the QIDO-RS filter of the PACS's instances
+                       (a JSON object; MONAI Label's own
+                       ``MONAI_LABEL_DICOMWEB_SEARCH_FILTER``,
+                       whose default lists CT, is not used)
+``dicomweb_store``     with a DICOMweb ``--studies``: the local    ``<app>/dicomweb/<hash
+                       folder beside the PACS holding retrieved    of the URL>``
+                       images, labels and the index
 =====================  =========================================  =====================
 
 The token is never passed on the command line (``ps`` shows it to every user of the
@@ -43,8 +53,8 @@ logger = logging.getLogger(__name__)
 
 PRESETS = ("quick", "paper")
 AUTH_SCOPES = ("writes", "all")
-KEYS = ("models_dir", "max_upload_bytes", "max_image_pixels", "max_model_bytes", "train_preset", "auth_token_file",
-        "auth_scope", "cors_origins")
+KEYS = ("models_dir", "max_upload_bytes", "max_image_pixels", "max_frames", "max_model_bytes", "train_preset",
+        "auth_token_file", "auth_scope", "cors_origins", "dicomweb_filter", "dicomweb_store")
 TOKEN_FILE_ENV = "LORIS_AUTH_TOKEN_FILE"
 TOKEN_ENV = "LORIS_AUTH_TOKEN"
 MIN_TOKEN_CHARS = 16
@@ -95,6 +105,28 @@ def read_auth_token(conf: dict, environ) -> str | None:
     return token
 
 
+def _search_filter(conf: dict) -> dict:
+    """The DICOMweb instance filter: ``--conf dicomweb_filter`` (JSON), else ultrasound.
+
+    MONAI Label's ``MONAI_LABEL_DICOMWEB_SEARCH_FILTER`` is not read: ``start_server`` exports every
+    setting into the environment, so its CT default cannot be told from a user's choice.
+    """
+    import json
+
+    text, source = conf.get("dicomweb_filter"), "--conf dicomweb_filter"
+    if text is None:
+        return {"Modality": "US"}
+    try:
+        value = json.loads(text) if isinstance(text, str) else text
+    except ValueError as exc:
+        raise DataError(f"{source}: not JSON ({exc}); e.g. '{{\"Modality\": \"US\"}}'") from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float)) and
+                                              not isinstance(v, bool) for k, v in value.items()):
+        raise DataError(f"{source}: expected a JSON object of DICOM attribute keywords to values, "
+                        f"e.g. {{\"Modality\": \"US\"}}, got {text!r}")
+    return value
+
+
 def _origins(value) -> tuple[str, ...]:
     origins = tuple(o.strip().rstrip("/") for o in str(value or "").split(",") if o.strip())
     for origin in origins:
@@ -114,6 +146,8 @@ class AppConfig:
     auth_token: str | None = field(default=None, repr=False)
     auth_scope: str = "writes"
     cors_origins: tuple[str, ...] = ()
+    dicomweb_filter: dict = field(default_factory=lambda: {"Modality": "US"})
+    dicomweb_store: Path | None = None
 
     @property
     def loris_dir(self) -> Path:
@@ -144,8 +178,11 @@ class AppConfig:
         limits = UploadLimits(
             max_bytes=_positive_int(conf, "max_upload_bytes", UploadLimits.max_bytes),
             max_pixels=_positive_int(conf, "max_image_pixels", UploadLimits.max_pixels),
+            max_frames=_positive_int(conf, "max_frames", UploadLimits.max_frames),
         )
         return cls(models_dir=models_dir, limits=limits, train_preset=preset,
                    max_model_bytes=_positive_int(conf, "max_model_bytes", DEFAULT_MAX_MODEL_BYTES),
                    auth_token=read_auth_token(conf, environ), auth_scope=scope,
-                   cors_origins=_origins(conf.get("cors_origins")))
+                   cors_origins=_origins(conf.get("cors_origins")), dicomweb_filter=_search_filter(conf),
+                   dicomweb_store=Path(conf["dicomweb_store"]).expanduser().resolve()
+                   if conf.get("dicomweb_store") else None)

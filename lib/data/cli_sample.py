@@ -8,6 +8,15 @@ is written; a non-empty OUT that is not a flat data set is refused):
   OUT/labels.csv          image,patient_id,label,x_min,y_min,x_max,y_max
                           (label normal|distended; box in pixels, x right, y down, max exclusive)
 
+With --format dicom the frames are OUT/images/<name>.dcm instead: RGB DICOM ultrasound
+(US Image Storage, one study per patient) whose Sequence of Ultrasound Regions holds
+the field of view as the imaging region and the pixel size (PhysicalDeltaX/Y in cm),
+as scanners export them. With --cine-frames N, also one cine loop per patient:
+
+  OUT/cine/<patient>_cine.dcm   DICOM US Multi-frame, N frames of a slow probe sweep
+  OUT/cine/loops.csv            loop,patient_id,label,frames,pixel_mm,most_distended_frame,
+                                x_min,y_min,x_max,y_max (a box holding the recess in every frame)
+
 The frames imitate a longitudinal suprapatellar scan (proximal on the left):
 skin, subcutaneous fat, the fibrillar quadriceps tendon, the suprapatellar and
 prefemoral fat pads, the recess between them, the femoral cortex with its
@@ -30,6 +39,7 @@ Examples:
   python -m lib sample-data --out data/sample
   python -m lib sample-data --out /tmp/s --patients 40 --seed 3 --image-size 800x600
   python -m lib sample-data --out /tmp/s --preview docs/sample_data.png
+  python -m lib sample-data --out /tmp/us --patients 4 --format dicom --cine-frames 20
 """
 
 from __future__ import annotations
@@ -42,6 +52,7 @@ from lib.data.summary import format_summary, summarize
 from lib.data.synthetic import (
     DEFAULT_DISTENDED_FRACTION,
     DEFAULT_IMAGE_SIZE,
+    IMAGE_FORMATS,
     parse_image_size,
     write_sample_data,
 )
@@ -73,6 +84,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="fraction of distended frames, 0..1 (default %(default)s)",
     )
     parser.add_argument(
+        "--format",
+        choices=IMAGE_FORMATS,
+        default="png",
+        help="png: 8-bit gray PNG frames; dicom: RGB DICOM ultrasound with its region calibration (default png)",
+    )
+    parser.add_argument(
+        "--cine-frames",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also write one DICOM cine loop of N frames per patient into OUT/cine (default: none)",
+    )
+    parser.add_argument(
         "--preview",
         type=Path,
         metavar="FILE",
@@ -87,8 +111,11 @@ def main(args: argparse.Namespace) -> int:
     if not 0.0 <= args.distended_fraction <= 1.0:
         raise DataError(f"--distended-fraction must be between 0 and 1, got {args.distended_fraction}")
     start = time.perf_counter()
+    if args.cine_frames and args.cine_frames < 2:
+        raise DataError(f"--cine-frames must be at least 2, got {args.cine_frames}")
     records = write_sample_data(
-        args.out, args.patients, args.seed, size, args.distended_fraction, preview=args.preview
+        args.out, args.patients, args.seed, size, args.distended_fraction, preview=args.preview,
+        image_format=args.format, cine_frames=args.cine_frames,
     )
     elapsed = time.perf_counter() - start
     masks = sum(r.mask_path is not None for r in records)
@@ -96,6 +123,9 @@ def main(args: argparse.Namespace) -> int:
         f"wrote {len(records)} images ({masks} masks) of {len(records) and len({r.patient_id for r in records})} "
         f"patients to {args.out} in {elapsed:.1f} s: images/, masks/, labels.csv"
     )
+    if args.cine_frames:
+        print(f"wrote {len({r.patient_id for r in records})} cine loops of {args.cine_frames} frames to "
+              f"{args.out / 'cine'}: <patient>_cine.dcm, loops.csv")
     if args.preview:
         print(f"wrote preview {args.preview} (sample frames of this data set with boxes and mask contours)")
     print(format_summary(summarize(records)))

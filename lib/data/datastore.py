@@ -18,8 +18,9 @@ Index entries (``datastore_v2.json``, ``objects[<image>]``):
 
 - image info: ``{"name", "ts", "patient_id"}`` (plus ``"box"`` for an unlabelled image that has one);
 - final label info: ``{"name", "ts", "label": "normal"|"distended", "box": [x0, y0, x1, y1],
-  "patient_id", "has_mask"}``. A normal image's final label is an all-zero mask
-  (class and box confirmed). A distended image without a pixel mask also gets an
+  "patient_id", "has_mask"}`` (and ``"frame"`` for a label of a DICOM cine loop: the frame,
+  0 = the first, that the mask and box are of; the record reads that frame). A normal image's
+  final label is an all-zero mask (class and box confirmed). A distended image without a pixel mask also gets an
   all-zero label, with ``"has_mask": false`` so that it reads back without a mask.
 
 Unlabelled images (label None) get no final label. Reading returns
@@ -46,6 +47,7 @@ from typing import Iterable
 import numpy as np
 
 from lib.data.atomic import atomic_dir
+from lib.data.dicom import frame_size
 from lib.data.flat import Problems, check_image_name
 from lib.data.imageio import IMAGE_EXTENSIONS, image_size, read_image, read_mask, write_png
 from lib.data.records import Record, validate_box, validate_label
@@ -166,6 +168,16 @@ def read_datastore(root: str | os.PathLike, extensions: list[str] | None = None)
             box = problems.catch(validate_box, raw_box, size[0], size[1], where)
             if box is None:
                 continue
+        frame = info.get("frame")
+        if label is not None and image_path.suffix.lower() == ".dcm":
+            frames = problems.catch(lambda p: frame_size(p)[2], image_path)
+            if frames is None:
+                continue
+            if frames > 1 and (isinstance(frame, bool) or not isinstance(frame, int) or not 0 <= frame < frames):
+                problems.add(f"{where}: final label info: the image is a cine loop of {frames} frames but the "
+                             f"label names frame {frame!r}; a label of a loop names its frame (0 .. {frames - 1})")
+                continue
+        frame = frame if isinstance(frame, int) and not isinstance(frame, bool) else None
         mask_path = None
         if label == "distended" and label_path is not None and info.get("has_mask", True):
             mask = problems.catch(read_mask, label_path)
@@ -176,7 +188,7 @@ def read_datastore(root: str | os.PathLike, extensions: list[str] | None = None)
                 problems.add(f"{label_path}: label is {mask.shape[1]}x{mask.shape[0]} but its image is {size[0]}x{size[1]}")
                 continue
             mask_path = label_path
-        records.append(Record(image_id, image_path, patient_id, label, box, mask_path))
+        records.append(Record(image_id, image_path, patient_id, label, box, mask_path, frame))
     problems.raise_if_any()
     return records
 

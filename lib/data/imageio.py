@@ -4,6 +4,11 @@ Images are returned as ``float32`` arrays of shape ``(H, W)`` with values in
 ``[0, 1]`` (row = y, column = x, as numpy slicing: ``image[y, x]``). Colour
 frames are converted to grayscale with the ITU-R 601 luma weights. Masks are
 ``bool`` arrays of shape ``(H, W)``.
+
+:func:`read_image_file` reads a whole file as an :class:`ImageFile`: every frame of a
+DICOM cine loop, and the pixel spacing in millimetres a DICOM header gives (the
+Sequence of Ultrasound Regions, see :mod:`lib.data.dicom`); a DICOM's pixels outside
+its imaging region are set to 0. :func:`read_image` gives one frame.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +39,18 @@ def image_name(path: str | os.PathLike) -> str:
 
 
 def _to_gray_unit(array: np.ndarray, source: str, full_scale: float | None = None) -> np.ndarray:
-    """Grayscale ``[0, 1]``; integers are divided by ``full_scale`` (default: 255, or 65535 above 255)."""
+    """Grayscale ``[0, 1]``; integers are divided by ``full_scale`` (default: 255, or 65535 above 255).
+
+    Colour (``(H, W, 3|4)``) becomes its luma first; integer colour is then divided by the same full scale.
+    """
     array = np.asarray(array)
     if array.ndim == 3 and array.shape[-1] in (3, 4):
+        integer = np.issubdtype(array.dtype, np.integer)
+        if integer and full_scale is None:
+            full_scale = 255.0 if array[..., :3].max(initial=0) <= 255 else float(np.iinfo(np.uint16).max)
         array = array[..., :3].astype(np.float64) @ _LUMA
+        if integer:
+            return np.clip(array / full_scale, 0.0, 1.0).astype(np.float32)
     elif array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 2:
@@ -56,44 +70,77 @@ def _to_gray_unit(array: np.ndarray, source: str, full_scale: float | None = Non
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _read_dicom(path: Path) -> tuple[np.ndarray, float | None]:
-    """The frame's pixels and their full scale, ``2**BitsStored - 1`` when the file says."""
-    import SimpleITK as sitk
+@dataclass(frozen=True)
+class ImageFile:
+    """Everything LoRIS reads from one image file: its frames and what is known of their geometry.
 
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise DataError(f"{path}: not a readable DICOM image ({str(exc).strip().splitlines()[-1]})") from None
-    array = sitk.GetArrayFromImage(img)  # (frames, H, W[, C]) or (H, W[, C])
-    if img.GetNumberOfComponentsPerPixel() == 1 and array.ndim == 3:
-        if array.shape[0] != 1:
-            raise DataError(f"{path}: multi-frame DICOM with {array.shape[0]} frames; export one frame per file")
-        array = array[0]
-    elif array.ndim == 4:
-        if array.shape[0] != 1:
-            raise DataError(f"{path}: multi-frame DICOM with {array.shape[0]} frames; export one frame per file")
-        array = array[0]
-    full_scale = None
-    if img.HasMetaDataKey("0028|0101"):  # Bits Stored: a 12-bit frame must not be scaled by 65535
-        try:
-            full_scale = float(2 ** int(img.GetMetaData("0028|0101").strip()) - 1)
-        except ValueError:
-            full_scale = None
-    return array, full_scale
+    Attributes:
+        frames: ``(F, H, W)`` float32 in ``[0, 1]``; ``F`` = 1 except for a DICOM cine loop. Pixels outside
+            the imaging region (see :mod:`lib.data.dicom`) are 0.
+        pixel_spacing_mm: ``(x, y)`` millimetres per pixel (x = column, y = row), or None when the file
+            does not say (PNG, JPEG, an uncalibrated DICOM).
+        spacing_source: ``"ultrasound_region"`` or ``"pixel_spacing"``
+            (:data:`lib.data.dicom.SPACING_SOURCES`), or None.
+        imaging_regions: the boxes outside which pixels were set to 0; empty: none were.
+        note: why a calibrated-looking file got no spacing, else None.
+    """
+
+    frames: np.ndarray
+    pixel_spacing_mm: tuple[float, float] | None = None
+    spacing_source: str | None = None
+    imaging_regions: tuple = ()
+    note: str | None = None
+
+    @property
+    def frame_count(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)``."""
+        return int(self.frames.shape[2]), int(self.frames.shape[1])
+
+    def frame(self, index: int | None = None, source: str = "image") -> np.ndarray:
+        """One ``(H, W)`` frame; ``index`` None is allowed for a single frame only.
+
+        Raises:
+            DataError: no index for a loop of several frames, or an index outside ``0 .. F - 1``.
+        """
+        count = self.frame_count
+        if index is None:
+            if count != 1:
+                raise DataError(f"{source}: a cine loop of {count} frames; choose one frame (0 .. {count - 1})")
+            return self.frames[0]
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= int(index) < count:
+            raise DataError(f"{source}: frame {index!r} does not exist; the image has {count} frame(s), "
+                            f"numbered 0 .. {count - 1}")
+        return self.frames[int(index)]
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read a PNG, JPEG or DICOM frame as grayscale ``float32`` ``(H, W)`` in ``[0, 1]``.
+def _read_dicom_file(path: Path) -> ImageFile:
+    from lib.data.dicom import read_dicom
+
+    samples, full_scale, calib = read_dicom(path)
+    frames = np.stack([_to_gray_unit(f, str(path), full_scale) for f in samples])
+    if calib.imaging_regions:
+        inside = np.zeros(frames.shape[1:], dtype=bool)
+        for x0, y0, x1, y1 in calib.imaging_regions:
+            inside[y0:y1, x0:x1] = True
+        frames[:, ~inside] = 0.0
+    return ImageFile(frames, calib.pixel_spacing_mm, calib.spacing_source, calib.imaging_regions, calib.note)
+
+
+def read_image_file(path: str | os.PathLike) -> ImageFile:
+    """Read a PNG, JPEG or DICOM file: every frame as grayscale ``[0, 1]`` and its calibration.
 
     Raises:
-        DataError: the file is missing, not an image, or not a single 2D frame.
+        DataError: the file is missing or not a readable image.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
     if path.suffix.lower() == ".dcm":
-        array, full_scale = _read_dicom(path)
-        return _to_gray_unit(array, str(path), full_scale)
+        return _read_dicom_file(path)
     try:
         with Image.open(path) as img:
             img.load()
@@ -102,11 +149,23 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             array = np.asarray(img)
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
-    return _to_gray_unit(array, str(path))
+    return ImageFile(_to_gray_unit(array, str(path))[np.newaxis])
+
+
+def read_image(path: str | os.PathLike, frame: int | None = None) -> np.ndarray:
+    """Read one frame of a PNG, JPEG or DICOM file as grayscale ``float32`` ``(H, W)`` in ``[0, 1]``.
+
+    ``frame`` chooses a frame of a DICOM cine loop (0 = the first); a single-frame file needs none.
+    A DICOM's pixels outside its ultrasound imaging region are 0 (:func:`read_image_file`).
+
+    Raises:
+        DataError: the file is missing or not an image; a loop without ``frame``; a frame it lacks.
+    """
+    return read_image_file(path).frame(frame, str(path))
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """``(width, height)`` of an image file, read from its header when possible."""
+    """``(width, height)`` of an image file (of each frame of a DICOM loop), read from its header when possible."""
     path = Path(path)
     if path.suffix.lower() != ".dcm":
         try:
@@ -114,8 +173,12 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
                 return img.size
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise DataError(f"{path}: not a readable image ({exc})") from None
-    h, w = read_image(path).shape
-    return w, h
+    from lib.data.dicom import frame_size
+
+    if not path.is_file():
+        raise DataError(f"{path}: image file not found")
+    width, height, _frames = frame_size(path)
+    return width, height
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -212,7 +275,7 @@ def read_boxed_images(records) -> list[np.ndarray]:
 
     images = []
     for r in records:
-        image = read_image(r.image_path)
+        image = read_image(r.image_path, r.frame)
         validate_box(r.box, image.shape[1], image.shape[0], f"{r.image_path} (image {r.image!r}): box")
         images.append(image)
     return images

@@ -25,6 +25,7 @@ class Record:
         box: the recess box, or None when nobody boxed it yet.
         mask_path: binary mask of the distended region, None for normal images
             (an empty anomaly mask) and for distended images without a mask.
+        frame: the frame of a DICOM cine loop this record is (0 = the first); None for a single-frame image.
     """
 
     image: str
@@ -33,6 +34,7 @@ class Record:
     label: str | None = None
     box: Box | None = None
     mask_path: Path | None = None
+    frame: int | None = None
 
     @property
     def is_normal(self) -> bool:

@@ -83,6 +83,9 @@ class SyntheticImage:
         mask: ``bool`` ``(H, W)`` fluid region of a distended recess; None for normal frames.
         recess_mm: maximum recess thickness in millimetres (thin line or collection).
         borderline: True for a mildly distended recess or a thick, dark normal one.
+        pixel_mm: millimetres per pixel (the same along x and y).
+        imaging_region: the field of view's bounding box ``(x_min, y_min, x_max, y_max)``, max exclusive;
+            the scanner's labels and scales lie outside it.
     """
 
     name: str
@@ -93,6 +96,12 @@ class SyntheticImage:
     mask: np.ndarray | None
     recess_mm: float
     borderline: bool
+    pixel_mm: float = 1.0
+    imaging_region: Box | None = None
+
+
+IMAGE_FORMATS = ("png", "dicom")
+"""How :func:`write_sample_data` stores frames: 8-bit gray PNG, or RGB DICOM ultrasound with its calibration."""
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -369,7 +378,8 @@ def _kernel_energy(sigma: float) -> float:
 
 
 def _render(p: _Patient, f: _Frame, size: tuple[int, int], distended: bool, rng: np.random.Generator):
-    """Render one frame. Returns ``(image uint8 (H, W), mask bool (H, W) or None, box, recess_mm)``."""
+    """Render one frame. Returns ``(image uint8 (H, W), mask bool (H, W) or None, box, recess_mm, mm per pixel,
+    imaging region)``; the region is the field of view's bounding box (pixels, max exclusive)."""
     width, height = size
     top = int(round(height * p.top_fraction))
     bottom = height - int(round(height * p.bottom_fraction))
@@ -576,7 +586,9 @@ def _render(p: _Patient, f: _Frame, size: tuple[int, int], distended: bool, rng:
             mask = in_recess & fov
     box = _annotate(p, rng, in_recess & fov, mask, thin, ppm, fov, size)
     recess_mm = float(np.max(np.maximum(thin, lens)))
-    return image, mask, box, recess_mm
+    ys, xs = np.nonzero(fov)
+    region = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    return image, mask, box, recess_mm, 1.0 / ppm, region
 
 
 def _draw_overlays(image, p: _Patient, ppm, top, bottom, cx, half_top, half_bottom, rng) -> None:
@@ -710,7 +722,7 @@ def generate(
                 gain_db=rng.normal(0.0, 1.2),
                 lens_scale=rng.uniform(0.88, 1.1),
             )
-            image, mask, box, recess_mm = _render(patient, frame, (width, height), distended, rng)
+            image, mask, box, recess_mm, pixel_mm, region = _render(patient, frame, (width, height), distended, rng)
             yield SyntheticImage(
                 name=f"{patient_id}_{k + 1:02d}",
                 patient_id=patient_id,
@@ -720,7 +732,99 @@ def generate(
                 mask=mask,
                 recess_mm=recess_mm,
                 borderline=patient.mild if distended else patient.thick_normal,
+                pixel_mm=pixel_mm,
+                imaging_region=region,
             )
+
+
+@dataclass(frozen=True)
+class CineLoop:
+    """A synthetic cine loop: one patient's probe sweeping slowly over the recess.
+
+    Attributes:
+        name: the loop's name (file name without extension).
+        patient_id: the patient.
+        label: ``"normal"`` or ``"distended"`` (every frame of a loop has the same class).
+        frames: ``uint8`` ``(F, H, W)``.
+        boxes: each frame's annotated box.
+        box: the union of the frames' boxes: one box that holds the recess in every frame.
+        masks: each frame's fluid mask (distended loops), else None.
+        pixel_mm: millimetres per pixel (x and y).
+        imaging_region: the field of view's bounding box (the union over the frames).
+        most_distended: the frame whose fluid mask is largest (distended loops), else None.
+    """
+
+    name: str
+    patient_id: str
+    label: str
+    frames: np.ndarray
+    boxes: tuple
+    box: Box
+    masks: tuple | None
+    pixel_mm: float
+    imaging_region: Box
+    most_distended: int | None
+
+
+def generate_cine(frames: int, patients: int = 1, seed: int = 0, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+                  distended_fraction: float = 0.5) -> Iterator[CineLoop]:
+    """Yield one cine loop per patient: ``frames`` frames of a slow sweep (the probe slides 4 mm and rocks a
+    little; a collection swells and shrinks as the probe presses). Deterministic for a seed.
+
+    Raises:
+        DataError: a parameter out of range.
+    """
+    if int(frames) < 2:
+        raise DataError(f"a cine loop has at least 2 frames, got {frames}")
+    if int(patients) < 1:
+        raise DataError(f"--patients must be at least 1, got {patients}")
+    width, height = (int(v) for v in image_size)
+    if not (_MIN_SIDE <= width <= _MAX_SIDE and _MIN_SIDE <= height <= _MAX_SIDE):
+        raise DataError(f"image size {width}x{height} is outside {_MIN_SIDE}..{_MAX_SIDE} pixels per side")
+    count = int(frames)
+    plan = _plan(int(patients), int(seed) + 7919, float(distended_fraction), (1, 1))
+    for index, (distended,) in enumerate(plan):
+        rng = np.random.default_rng([seed, index, 0xC1E])
+        patient = _draw_patient(rng, distended)
+        phase = np.linspace(0.0, 1.0, count)
+        images, boxes, masks, regions, pixel_mm = [], [], [], [], 1.0
+        for t in phase:
+            frame = _Frame(shift_mm=-2.0 + 4.0 * t, pressure=1.0 - 0.08 * math.sin(math.pi * t),
+                           tilt=0.02 * math.sin(2 * math.pi * t), gain_db=0.0,
+                           lens_scale=0.9 + 0.2 * math.sin(math.pi * t))
+            image, mask, box, _recess, pixel_mm, region = _render(patient, frame, (width, height), distended, rng)
+            images.append(image)
+            boxes.append(box)
+            masks.append(mask)
+            regions.append(region)
+        union = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+        region = (min(r[0] for r in regions), min(r[1] for r in regions),
+                  max(r[2] for r in regions), max(r[3] for r in regions))
+        sizes = [int(m.sum()) if m is not None else 0 for m in masks]
+        yield CineLoop(
+            name=f"p{index + 1:03d}_cine", patient_id=f"p{index + 1:03d}",
+            label="distended" if distended else "normal", frames=np.stack(images), boxes=tuple(boxes), box=union,
+            masks=tuple(masks) if distended else None, pixel_mm=pixel_mm, imaging_region=region,
+            most_distended=int(np.argmax(sizes)) if distended else None,
+        )
+
+
+def write_cine_dicom(path: str | os.PathLike, loop: CineLoop, rgb: bool = True) -> Path:
+    """Write a loop as a DICOM US Multi-frame image with its region calibration
+    (:func:`lib.data.dicom.write_ultrasound_dicom`)."""
+    from lib.data.dicom import write_ultrasound_dicom
+
+    return write_ultrasound_dicom(path, loop.frames, (loop.pixel_mm, loop.pixel_mm), loop.imaging_region,
+                                  patient_id=loop.patient_id, rgb=rgb)
+
+
+def write_frame_dicom(path: str | os.PathLike, item: SyntheticImage, rgb: bool = True, **uids) -> Path:
+    """Write a frame as an RGB DICOM US image with its region calibration, as scanners export
+    (:func:`lib.data.dicom.write_ultrasound_dicom`)."""
+    from lib.data.dicom import write_ultrasound_dicom
+
+    return write_ultrasound_dicom(path, item.image, (item.pixel_mm, item.pixel_mm), item.imaging_region,
+                                  patient_id=item.patient_id, rgb=rgb, **uids)
 
 
 def write_sample_data(
@@ -733,15 +837,24 @@ def write_sample_data(
     *,
     overwrite: bool = True,
     preview: str | os.PathLike | None = None,
+    image_format: str = "png",
+    cine_frames: int = 0,
 ) -> list[Record]:
     """Generate a data set and write it in the flat layout, all or nothing.
 
-    Writes ``out_dir/images/<name>.png`` (8-bit grayscale), ``out_dir/masks/<name>.png``
+    Writes ``out_dir/images/<name>.png`` (8-bit grayscale) -- or, with ``image_format="dicom"``,
+    ``out_dir/images/<name>.dcm`` (RGB DICOM ultrasound with the field of view as its imaging region
+    and the calibration in mm, one study per patient) -- ``out_dir/masks/<name>.png``
     (0/255, distended frames only) and ``out_dir/labels.csv`` with the columns
     ``image,patient_id,label,x_min,y_min,x_max,y_max`` (box in pixels, max exclusive) through
     :func:`lib.data.flat.write_flat`: the folder appears only once everything is
     written and read back. An existing flat data set at ``out_dir`` is replaced
     when ``overwrite``; a non-empty folder that is not one is never touched.
+
+    With ``cine_frames`` >= 2, also one DICOM cine loop per patient in ``out_dir/cine/<patient>_cine.dcm``
+    (:func:`generate_cine`) and ``out_dir/cine/loops.csv``
+    (``loop,patient_id,label,frames,pixel_mm,most_distended_frame,x_min,y_min,x_max,y_max``; the box holds
+    the recess in every frame), moved into place with the data set.
 
     With ``preview``, also saves :func:`render_preview` of frames of this very data
     set (same names) at that path.
@@ -752,11 +865,50 @@ def write_sample_data(
     Raises:
         DataError: a parameter out of range, or ``out_dir`` cannot be replaced.
     """
+    import csv
+    import shutil
+    import tempfile
+
     from lib.data.flat import FlatItem, write_flat
 
+    if image_format not in IMAGE_FORMATS:
+        raise DataError(f"unknown image format {image_format!r}; valid formats are {', '.join(IMAGE_FORMATS)}")
+    if cine_frames and int(cine_frames) < 2:
+        raise DataError(f"--cine-frames: a cine loop has at least 2 frames, got {cine_frames}")
     frames = list(generate(patients, seed, image_size, distended_fraction, images_per_patient))
-    items = [FlatItem(x.name, x.patient_id, x.label, x.box, x.image, x.mask) for x in frames]
-    records = write_flat(out_dir, items, overwrite=overwrite)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.", dir=out_dir.parent) as staging:
+        staging = Path(staging)
+        pixels: dict[str, object] = {x.name: x.image for x in frames}
+        if image_format == "dicom":
+            from pydicom.uid import generate_uid
+
+            studies = {pid: generate_uid() for pid in sorted({x.patient_id for x in frames})}
+            series = {pid: generate_uid() for pid in studies}
+            for k, x in enumerate(frames):
+                pixels[x.name] = write_frame_dicom(staging / f"{x.name}.dcm", x, study_uid=studies[x.patient_id],
+                                                   series_uid=series[x.patient_id], instance_number=k + 1)
+        cine_dir = None
+        if cine_frames:
+            cine_dir = staging / "cine"
+            cine_dir.mkdir()
+            rows = []
+            for loop in generate_cine(int(cine_frames), patients, seed, image_size, max(distended_fraction, 0.5)):
+                write_cine_dicom(cine_dir / f"{loop.name}.dcm", loop)
+                most = "" if loop.most_distended is None else loop.most_distended
+                rows.append([loop.name, loop.patient_id, loop.label, len(loop.frames), f"{loop.pixel_mm:.6f}", most,
+                             *loop.box])
+            with open(cine_dir / "loops.csv", "w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["loop", "patient_id", "label", "frames", "pixel_mm", "most_distended_frame",
+                                 "x_min", "y_min", "x_max", "y_max"])
+                writer.writerows(rows)
+        items = [FlatItem(x.name, x.patient_id, x.label, x.box, pixels[x.name], x.mask) for x in frames]
+        records = write_flat(out_dir, items, overwrite=overwrite)
+        if cine_dir is not None:
+            shutil.rmtree(out_dir / "cine", ignore_errors=True)
+            os.replace(cine_dir, out_dir / "cine")
     if preview is not None:
         render_preview(preview, items=frames)
     return records

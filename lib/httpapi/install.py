@@ -57,7 +57,8 @@ def folders_to_hide(loris_app) -> list[tuple[str, str]]:
     """The server folders that answers must not name, with the neutral name each becomes."""
     config = loris_app.app_config
     folders = [
-        (loris_app.studies, "<datastore>"), (config.models_dir, "<models>"), (loris_app.app_dir, "<app>"),
+        (getattr(loris_app, "datastore_root", loris_app.studies), "<datastore>"), (config.models_dir, "<models>"),
+        (loris_app.app_dir, "<app>"),
         (Path(loris_app.app_dir).parent, "<server>"), (tempfile.gettempdir(), "<tmp>"), (sys.prefix, "<python>"),
         (sys.base_prefix, "<python>"), (Path.home(), "<home>"), (os.getcwd(), "<server>"),
     ]

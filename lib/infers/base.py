@@ -2,10 +2,13 @@
 
 MONAI Label hides an infer task whose ``is_valid()`` is False (its model file is
 missing); the app's tasks stay listed and answer 409 "not trained yet" instead.
-The request image is read with :func:`lib.infers.params.request_image` (the
-project's grayscale reader, ``(H, W)`` with no transposition) rather than MONAI's
-``LoadImage``, and the tasks write their own outputs, so there are no MONAI
-post-transforms.
+The request image is read with :func:`lib.infers.params.request_image_file` (the
+project's grayscale reader, ``(H, W)`` frames with no transposition, and the pixel
+spacing of a calibrated DICOM) rather than MONAI's ``LoadImage``, and the tasks write
+their own outputs, so there are no MONAI post-transforms. After ``_read``:
+``data["image_file"]`` is the :class:`~lib.data.imageio.ImageFile`, ``data["frame"]``
+the requested frame of a cine loop (``params.frame``; None when none was asked for)
+and ``data["image"]`` that frame (the first when none was asked for).
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from typing import Any, Callable, Dict, Sequence
 
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from lib.infers.params import request_image
+from lib.infers.http_errors import user_errors
+from lib.infers.params import request_frame, request_image_file
 
 
 class DatastoreImageInfer(BasicInferTask):
@@ -34,5 +38,9 @@ class DatastoreImageInfer(BasicInferTask):
         return []
 
     def _read(self, data: Dict[str, Any]) -> Dict[str, Any]:
-        data["image"] = request_image(data.get("image"), self.datastore_root, self.task_name)
+        image = request_image_file(data.get("image"), self.datastore_root, self.task_name)
+        with user_errors(self.task_name):
+            frame = request_frame(data, image.frame_count)
+        data["image_file"], data["frame"] = image, frame
+        data["image"] = image.frames[frame or 0]
         return data

@@ -8,20 +8,26 @@
   ``fail``). No box and no trained detector, or no recess found: HTTP 409 with a
   message.
 * ``metric`` (optional): one of the calibrated anomaly-map metrics; empty = the model's.
+* ``frame`` (optional): the frame of a DICOM cine loop to run (0 = the first). Without it a
+  loop is scored whole, in batches, and the answer is of its most anomalous frame
+  (``frame``, with every frame's score in ``frame_scores``); see :mod:`lib.pipeline`.
 
 Answer (multipart: ``params`` JSON + the label file):
 
 * ``loris``: the segmentation, a PNG ``uint8`` 0/1 of the image's ``H x W``;
 * ``loris_anomaly_map``: the float32 anomaly map of the image's ``H x W`` as NRRD
-  (written with SimpleITK from the ``(H, W)`` array: x = column, y = row, origin 0,
-  spacing 1, identity direction; the same pixel grid as the PNG image).
+  (x = column, y = row, origin 0, identity direction; the same pixel grid as the image;
+  spacing = the image's ``pixel_spacing_mm``, 1 when unknown).
 
 and the JSON params of both: ``score``, ``distended`` (the decision), ``threshold``,
 ``metric`` (of the score), ``pixel_metric`` (of the map and segmentation),
 ``pixel_threshold``, ``display_range`` ``[low, high]`` (map values for a colour
 scale, the same for every image of the model), ``box`` (the box used),
 ``box_source`` (``"request"`` | ``"detector"``), ``detector_confidence`` (None
-for a requested box), ``image_size`` ``[W, H]``, ``model_version``. Without a
+for a requested box), ``image_size`` ``[W, H]``, ``pixel_spacing_mm`` ``[x, y]`` (mm per
+pixel from a calibrated DICOM, else null) and ``spacing_source``, ``measurements``
+(``area_mm2``, ``max_thickness_mm``, see :mod:`lib.loris.measurements`), ``frame``,
+``frame_count``, ``frame_scores``, ``model_version``. Without a
 ``metric`` param the score is the model's ``metric`` (MSGMSD) and the map and
 segmentation its ``pixel_metric`` (DD); with one, everything is of that metric.
 
@@ -88,7 +94,7 @@ class LorisInfer(DatastoreImageInfer):
             labels={"distended": 1},
             dimension=2,
             description=description,
-            config={"box": [], "metric": ""},
+            config={"box": [], "metric": "", "frame": ""},
         )
         self.output = output
         self.model_dir = Path(model_dir)
@@ -113,8 +119,9 @@ class LorisInfer(DatastoreImageInfer):
         device = name_to_device(device)
         with user_errors("loris"):
             pipeline = Pipeline(self._predictor.get(device), lambda: self._detector.get(device))
-            result = pipeline.run_one(data["image"], data["box"], policy="fail", metric=data["metric"],
-                                      name="the image", with_reconstruction=False)
+            result = pipeline.run_file(data["image_file"], data["box"], policy="fail", metric=data["metric"],
+                                       frame=data["frame"], name="the image", with_reconstruction=False)
+        data["pixel_spacing_mm"] = result.pixel_spacing_mm
         data["prediction"] = result.prediction
         data["result"] = {**result.to_json(), "model_version": self._predictor.version()}
         return data
@@ -128,6 +135,6 @@ class LorisInfer(DatastoreImageInfer):
             write_png(path, label, compress_level=1, row_filters=False)
         else:
             path = tempfile.NamedTemporaryFile(suffix=".nrrd", delete=False).name
-            write_nrrd(path, np.asarray(prediction.anomaly_map, dtype=np.float32))
+            write_nrrd(path, np.asarray(prediction.anomaly_map, dtype=np.float32), data["pixel_spacing_mm"])
             result["mask_png_base64"] = base64.b64encode(encode_png_unfiltered(label, 1)).decode("ascii")
         return path, result

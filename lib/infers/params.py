@@ -15,6 +15,9 @@ Box params of an infer request:
   ``[x0, y0, x1, y1]`` or the plugin's six ``[i0, i1, j0, j1, k0, k1]`` (IJK pairs,
   i = column, j = row); min and max may come swapped and are sorted; fractions are
   rounded to the nearest pixel.
+
+Frame param (:func:`request_frame`): ``frame``, a whole number ``0 .. F - 1`` choosing a
+frame of a DICOM cine loop of ``F`` frames (0 = the first); absent or null: none chosen.
 """
 
 from __future__ import annotations
@@ -24,9 +27,8 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
 
-from lib.data.imageio import read_image
+from lib.data.imageio import ImageFile, read_image_file
 from lib.data.records import Box, validate_box
 from lib.errors import DataError
 from lib.infers.http_errors import BAD_REQUEST, NOT_FOUND, client_error
@@ -166,6 +168,25 @@ def request_box(request: dict, width: int, height: int) -> Box | None:
     return validate_box([int(round(v)) for v in box], width, height, "params.roi")
 
 
+def request_frame(request: dict, frame_count: int) -> int | None:
+    """The ``frame`` param of a request for an image of ``frame_count`` frames, or None when absent.
+
+    Raises:
+        DataError: not a whole number (booleans and strings are not), or not a frame of the image.
+    """
+    value = request.get("frame")
+    if value is None or value == "":
+        return None
+    whole = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not whole or value != int(value):
+        raise DataError(f"params.frame: expected a whole number (0 = the first frame), got {_short(value)}")
+    frame = int(value)
+    if not 0 <= frame < frame_count:
+        raise DataError(f"params.frame: frame {frame} does not exist; the image has {frame_count} frame(s), "
+                        f"numbered 0 .. {frame_count - 1}")
+    return frame
+
+
 def _inside(path: Path, folder: Path) -> bool:
     try:
         path.relative_to(folder)
@@ -174,8 +195,8 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def request_image(image, datastore_root: Path, what: str) -> np.ndarray:
-    """Read the request's image as float ``(H, W)`` in [0, 1].
+def request_image_file(image, datastore_root: Path, what: str) -> ImageFile:
+    """Read the request's image file: its frames as float ``(F, H, W)`` in [0, 1] and its calibration.
 
     The app resolves the request's image id (or its uploaded file, which the server
     keeps in the datastore's hidden ``.uploads`` folder) to a path before the task
@@ -193,6 +214,6 @@ def request_image(image, datastore_root: Path, what: str) -> np.ndarray:
     if not path.is_file():
         raise client_error(NOT_FOUND, f"{what}: image not found in the datastore")
     try:
-        return read_image(path)
+        return read_image_file(path)
     except DataError as exc:  # the message names the server path: name the image instead
         raise client_error(BAD_REQUEST, f"{what}: {str(exc).replace(str(path), 'image')}") from None

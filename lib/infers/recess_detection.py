@@ -6,7 +6,10 @@
   all zero when nothing is found), so generic clients can show it;
 * JSON params: ``found`` (bool), ``box`` ``[x_min, y_min, x_max, y_max]`` in pixels of
   the image, max exclusive, or None; ``confidence`` in [0, 1] or None; ``image_size``
-  ``[W, H]``; ``model_version``.
+  ``[W, H]``; ``frame`` and ``frame_count``; ``model_version``.
+
+A DICOM cine loop is boxed on the frame ``params.frame`` names (0 = the first), frame 0
+when none is named.
 
 Listed in ``/info`` before training; infer then answers 409 "not trained yet".
 """
@@ -72,6 +75,8 @@ class RecessDetectionInfer(DatastoreImageInfer):
             "box": [int(v) for v in found.box] if found is not None else None,
             "confidence": float(found.confidence) if found is not None else None,
             "image_size": [int(image.shape[1]), int(image.shape[0])],
+            "frame": int(data.get("frame") or 0),
+            "frame_count": data["image_file"].frame_count,
             "model_version": self._detector.version(),
         }
         return data

@@ -312,6 +312,7 @@ class LoRISWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.segmentEditorWidget.setSegmentationNode(p.segmentationNode)
         if volume is not None:
             self.ui.segmentEditorWidget.setSourceVolumeNode(volume)
+        self.ui.spacingLabel.text = self._spacingText(volume)
         result = self._result()
         self.ui.resultLabel.text = results.format_result(result) if result else _("No result yet.")
         if result is not None:
@@ -343,6 +344,15 @@ class LoRISWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onRoiChanged(self, caller=None, event=None) -> None:
         self._updateButtons()
+
+    def _spacingText(self, volume) -> str:
+        spacing, calibrated = self.logic.pixelSpacing(volume)
+        if spacing is None:
+            return ""
+        if calibrated:
+            return _("{spacing} (the image's calibration)").format(spacing=results.format_spacing(spacing))
+        return _("{spacing} as loaded; no calibration known, measurements are in pixels").format(
+            spacing=results.format_spacing(spacing))
 
     def _result(self):
         p = self._parameterNode

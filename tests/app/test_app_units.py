@@ -209,3 +209,30 @@ def test_app_config_reads_the_token_from_a_file_never_the_command_line(tmp_path)
                                    ({"cors_origins": "evil.example"}, {}, "cors_origins")):
         with pytest.raises(DataError, match=message):
             AppConfig.from_conf(conf, tmp_path, environ=environ)
+
+
+def test_a_cine_loop_upload_is_checked_for_its_frames_from_the_header(tmp_path):
+    import numpy as np
+
+    from lib.data.dicom import write_ultrasound_dicom
+    from lib.upload_checks import OverLimit, UploadLimits, check_upload, header_frames
+
+    loop = write_ultrasound_dicom(tmp_path / "cine.dcm", np.zeros((4, 20, 30), np.uint8), (0.1, 0.1))
+    assert header_frames(loop, "file") == (30, 20, 4) and check_upload(loop, UploadLimits(), "file") == (30, 20)
+    with pytest.raises(OverLimit, match="a cine loop of 4 frames is over the limit of 3 frames .--conf max_frames"):
+        check_upload(loop, UploadLimits(max_frames=3), "file")
+
+
+def test_app_config_reads_the_pacs_filter_store_and_frame_limit(tmp_path):
+    from lib.configs.app_config import AppConfig
+
+    config = AppConfig.from_conf({}, tmp_path, environ={"MONAI_LABEL_DICOMWEB_SEARCH_FILTER": '{"Modality": "CT"}'})
+    assert config.dicomweb_filter == {"Modality": "US"} and config.dicomweb_store is None  # MONAI Label's CT default
+    config = AppConfig.from_conf({"dicomweb_filter": '{"Modality": "US", "BodyPartExamined": "KNEE"}',
+                                  "dicomweb_store": str(tmp_path / "store"), "max_frames": "40"}, tmp_path, environ={})
+    assert config.dicomweb_filter == {"Modality": "US", "BodyPartExamined": "KNEE"}
+    assert config.dicomweb_store == tmp_path / "store" and config.limits.max_frames == 40
+    for text, message in (("{not json", "not JSON"), ('["US"]', "expected a JSON object"),
+                          ('{"Modality": ["US"]}', "expected a JSON object")):
+        with pytest.raises(DataError, match=f"--conf dicomweb_filter: {message}"):
+            AppConfig.from_conf({"dicomweb_filter": text}, tmp_path, environ={})

@@ -199,3 +199,47 @@ def test_preview_picture_is_written(tmp_path):
     path = render_preview(tmp_path / "preview.png", image_size=(96, 64), patients=4, columns=2)
     with Image.open(path) as img:
         assert img.format == "PNG" and img.size[0] > img.size[1] > 50
+
+
+def test_dicom_sample_frames_carry_their_calibration_and_leave_the_overlays_outside(tmp_path):
+    import pydicom
+
+    from lib.data.imageio import read_image, read_image_file
+
+    png = {r.image: r for r in write_sample_data(tmp_path / "png", patients=2, seed=3, image_size=(320, 240))}
+    dicom = write_sample_data(tmp_path / "dcm", patients=2, seed=3, image_size=(320, 240), image_format="dicom")
+    frames = {x.name: x for x in generate(patients=2, seed=3, image_size=(320, 240))}
+    assert [r.image_path.suffix for r in dicom] == [".dcm"] * len(dicom) and set(png) == {r.image for r in dicom}
+    studies = {}
+    for r in dicom:
+        ds = pydicom.dcmread(str(r.image_path))
+        assert ds.Modality == "US" and ds.PhotometricInterpretation == "RGB"
+        studies.setdefault(r.patient_id, set()).add(ds.StudyInstanceUID)
+        image, item = read_image_file(r.image_path), frames[r.image]
+        assert image.pixel_spacing_mm == pytest.approx((item.pixel_mm, item.pixel_mm))
+        x0, y0, x1, y1 = item.imaging_region
+        inside = np.zeros(image.frames[0].shape, bool)
+        inside[y0:y1, x0:x1] = True
+        gray = read_image(png[r.image].image_path)
+        assert np.array_equal(image.frames[0][inside], gray[inside]) and not image.frames[0][~inside].any()
+        assert gray[~inside].any()  # the PNG keeps the burned-in labels and scale that the DICOM region leaves out
+        assert r.box == png[r.image].box
+    assert all(len(uids) == 1 for uids in studies.values()) and len(studies) == 2  # one study per patient
+
+
+def test_cine_loops_are_written_with_their_table(tmp_path):
+    from lib.data.imageio import read_image_file
+
+    assert cli_main(["sample-data", "--out", str(tmp_path / "s"), "--patients", "2", "--image-size", "96x64",
+                     "--format", "dicom", "--cine-frames", "3"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "s" / "cine" / "loops.csv")))
+    assert [r["loop"] for r in rows] == ["p001_cine", "p002_cine"] and {r["frames"] for r in rows} == {"3"}
+    assert any(r["label"] == "distended" and r["most_distended_frame"] for r in rows)
+    for row in rows:
+        loop = read_image_file(tmp_path / "s" / "cine" / f"{row['loop']}.dcm")
+        assert loop.frame_count == 3 and loop.pixel_spacing_mm == pytest.approx((float(row["pixel_mm"]),) * 2)
+        assert not np.array_equal(loop.frames[0], loop.frames[2])  # the probe moves
+        x0, y0, x1, y1 = (int(row[k]) for k in ("x_min", "y_min", "x_max", "y_max"))
+        assert 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 64
+    assert read_flat(tmp_path / "s")  # the flat data set beside the loops reads back
+    assert cli_main(["sample-data", "--out", str(tmp_path / "t"), "--cine-frames", "1"]) == 2

@@ -137,3 +137,36 @@ def test_epochs_are_read_from_the_trainers_log_lines():
     done = results.parse_train_status({"status": "DONE", "request": {"max_epochs": 5}, "details": []})
     assert done.progress() == (5, 5)
     assert results.parse_train_status({"status": "RUNNING", "request": {}}).progress() is None
+
+
+def test_calibrated_cine_result_gives_spacing_measurements_and_frame():
+    params = {**LORIS_PARAMS, "pixel_spacing_mm": [0.1, 0.12], "frame": 2, "frame_count": 3,
+              "frame_scores": [0.1, None, 0.42],
+              "measurements": {"unit": "mm", "area_mm2": 12.345, "max_thickness_mm": 2.4, "area_pixels": 1029,
+                               "max_thickness_pixels": 20}}
+    r = results.parse_loris_result(params)
+    assert r.pixel_spacing_mm == [0.1, 0.12] and (r.frame, r.frame_count) == (2, 3)
+    assert r.frame_scores == [0.1, None, 0.42] and r.extra == {"latency": 1.5}
+    text = results.format_result(r)
+    assert "Segmented: area 12.3 mm², max thickness 2.4 mm" in text and "Frame: 2 of 0..2 (the most anomalous)" in text
+    assert results.format_spacing(r.pixel_spacing_mm) == "0.1 × 0.12 mm"
+
+
+def test_uncalibrated_result_is_measured_in_pixels_and_says_so():
+    params = {**LORIS_PARAMS, "pixel_spacing_mm": None,
+              "measurements": {"unit": "pixel", "area_mm2": None, "max_thickness_mm": None, "area_pixels": 120,
+                               "max_thickness_pixels": 7}}
+    r = results.parse_loris_result(params)
+    assert r.pixel_spacing_mm is None and (r.frame, r.frame_count, r.frame_scores) == (0, 1, None)
+    assert "area 120 px, max thickness 7 px (no pixel spacing known)" in results.format_result(r)
+    assert "Frame" not in results.format_result(r)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"pixel_spacing_mm": [0.1]}, "pixel_spacing_mm"), ({"pixel_spacing_mm": [0, 0.1]}, "positive"),
+    ({"frame": 3, "frame_count": 3}, "frame 3 of an image of 3"), ({"frame": True}, "frame"),
+    ({"frame_count": 2, "frame_scores": [0.1]}, "frame_scores"), ({"measurements": [1]}, "measurements"),
+])
+def test_bad_geometry_fields_are_named(change, message):
+    with pytest.raises(results.ResultError, match=message):
+        results.parse_loris_result({**LORIS_PARAMS, **change})

@@ -5,9 +5,12 @@ The app's REST contract (see ``slicer_module/README.md``):
 - ``/infer/loris`` and ``/infer/loris_anomaly_map`` params: ``score``,
   ``distended``, ``threshold``, ``pixel_threshold``, ``metric``, ``box``,
   ``box_source`` ("request" | "detector"), ``detector_confidence``,
-  ``image_size``, ``model_version`` and, when the server sends it,
-  ``display_range``; ``loris_anomaly_map`` adds ``mask_png_base64`` (the
-  segmentation) to its NRRD map file: one request per "Run LoRIS".
+  ``image_size``, ``model_version`` and, when the server sends them,
+  ``display_range``, ``pixel_spacing_mm`` ``[x, y]`` (null: not calibrated),
+  ``measurements`` (``area_mm2``, ``max_thickness_mm``, ...), ``frame``,
+  ``frame_count`` and ``frame_scores`` (a cine loop); ``loris_anomaly_map`` adds
+  ``mask_png_base64`` (the segmentation) to its NRRD map file: one request per
+  "Run LoRIS".
 - ``/infer/recess_detection`` params: ``box`` (or null), ``confidence``, ``found``.
 - ``GET /train/``: MONAI Label's task record ``{"id", "status", "request",
   "start_ts", "end_ts", "details": [log lines]}``.
@@ -34,6 +37,8 @@ __all__ = [
     "parse_loris_answer",
     "parse_detection",
     "parse_train_status",
+    "format_measurements",
+    "format_spacing",
     "format_result",
 ]
 
@@ -92,6 +97,12 @@ class LorisResult:
     display_range: ``[low, high]`` anomaly-map values for the colour window, the same for every
         image of one model and metric (``low`` = the calibrated pixel threshold); None from a
         server that does not send it (see :func:`map_display_range`).
+    pixel_spacing_mm: ``[x, y]`` millimetres per pixel from the image's DICOM calibration, or None.
+    measurements: the segmentation's size as the server measured it (``unit``, ``area_mm2``,
+        ``max_thickness_mm``, ``area_pixels``, ``max_thickness_pixels``), or None.
+    frame, frame_count: the frame of a cine loop the result is of (0 = the first), and how many
+        frames the image has (1 for a single frame).
+    frame_scores: every frame's score when the whole loop was scored, else None.
     """
 
     score: float
@@ -105,6 +116,11 @@ class LorisResult:
     image_size: Optional[List[int]] = None
     model_version: Optional[str] = None
     display_range: Optional[List[float]] = None
+    pixel_spacing_mm: Optional[List[float]] = None
+    measurements: Optional[dict] = None
+    frame: int = 0
+    frame_count: int = 1
+    frame_scores: Optional[List[Optional[float]]] = None
     extra: dict = field(default_factory=dict)
 
     @property
@@ -178,7 +194,8 @@ def parse_loris_result(params):
     if box_source not in BOX_SOURCES:
         raise ResultError(f"{where}: field 'box_source' must be one of {BOX_SOURCES}, got {box_source!r}")
     known = {"score", "distended", "threshold", "box", "box_source", "pixel_threshold", "metric", "detector_confidence",
-             "image_size", "model_version", "display_range"}
+             "image_size", "model_version", "display_range", "pixel_spacing_mm", "measurements", "frame", "frame_count",
+             "frame_scores"}
     metric = params.get("metric")
     image_size = params.get("image_size")
     if image_size is not None and (
@@ -194,6 +211,27 @@ def parse_loris_result(params):
         if not display_range[0] < display_range[1]:
             raise ResultError(f"{where}: field 'display_range' must have low < high, got {display_range!r}")
     model_version = params.get("model_version")
+    spacing = params.get("pixel_spacing_mm")
+    if spacing is not None:
+        if not isinstance(spacing, (list, tuple)) or len(spacing) != 2:
+            raise ResultError(f"{where}: field 'pixel_spacing_mm' must be [x, y] in mm, got {spacing!r}")
+        spacing = [_number(v, "pixel_spacing_mm", where) for v in spacing]
+        if not all(v > 0 for v in spacing):
+            raise ResultError(f"{where}: field 'pixel_spacing_mm' must be positive, got {spacing!r}")
+    measurements = params.get("measurements")
+    if measurements is not None and not isinstance(measurements, dict):
+        raise ResultError(f"{where}: field 'measurements' must be an object, got {measurements!r}")
+    frame, frame_count = params.get("frame", 0), params.get("frame_count", 1)
+    for key, value, low in (("frame", frame, 0), ("frame_count", frame_count, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ResultError(f"{where}: field '{key}' must be a whole number >= {low}, got {value!r}")
+    if frame >= frame_count:
+        raise ResultError(f"{where}: frame {frame} of an image of {frame_count} frame(s)")
+    frame_scores = params.get("frame_scores")
+    if frame_scores is not None:
+        if not isinstance(frame_scores, (list, tuple)) or len(frame_scores) != frame_count:
+            raise ResultError(f"{where}: field 'frame_scores' must list one score per frame, got {frame_scores!r}")
+        frame_scores = [_optional_number(v, "frame_scores", where) for v in frame_scores]
     return LorisResult(
         score=score,
         distended=distended,
@@ -206,6 +244,11 @@ def parse_loris_result(params):
         image_size=None if image_size is None else [int(v) for v in image_size],
         model_version=None if model_version is None else str(model_version),
         display_range=display_range,
+        pixel_spacing_mm=spacing,
+        measurements=dict(measurements) if measurements is not None else None,
+        frame=frame,
+        frame_count=frame_count,
+        frame_scores=None if frame_scores is None else list(frame_scores),
         extra={k: v for k, v in params.items() if k not in known},
     )
 
@@ -331,13 +374,38 @@ def parse_train_status(task):
     )
 
 
+def format_measurements(measurements):
+    """One line for the panel: the segmentation's area and greatest thickness, in mm or, saying so, in pixels."""
+    if not measurements:
+        return ""
+    area, thickness = measurements.get("area_mm2"), measurements.get("max_thickness_mm")
+    if isinstance(area, (int, float)) and isinstance(thickness, (int, float)):
+        return f"Segmented: area {area:.3g} mm², max thickness {thickness:.3g} mm"
+    area, thickness = measurements.get("area_pixels"), measurements.get("max_thickness_pixels")
+    if isinstance(area, (int, float)) and isinstance(thickness, (int, float)):
+        return f"Segmented: area {area:.0f} px, max thickness {thickness:.0f} px (no pixel spacing known)"
+    return ""
+
+
+def format_spacing(spacing):
+    """``0.1 × 0.1 mm`` for ``[x, y]``."""
+    return f"{spacing[0]:.4g} × {spacing[1]:.4g} mm"
+
+
 def format_result(result):
-    """Human-readable lines for the panel: decision, score vs threshold, box and where it came from."""
+    """Human-readable lines for the panel: decision, score vs threshold, the segmentation's size, the frame of a
+    cine loop, the box and where it came from."""
     decision = "DISTENDED" if result.distended else "normal"
     lines = [
         f"Decision: {decision}",
         f"Score: {result.score:.4g} (threshold {result.threshold:.4g})",
     ]
+    size = format_measurements(result.measurements)
+    if size:
+        lines.append(size)
+    if result.frame_count > 1:
+        how = "the most anomalous" if result.frame_scores is not None else "the one chosen"
+        lines.append(f"Frame: {result.frame} of 0..{result.frame_count - 1} ({how})")
     source = "your box" if result.box_source == "request" else "detected recess"
     if result.box_source == "detector" and result.detector_confidence is not None:
         source += f", confidence {result.detector_confidence:.2f}"

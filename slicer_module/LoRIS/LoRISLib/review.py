@@ -37,7 +37,7 @@ import slicer
 
 from . import results
 from .client import STRATEGIES, TRAINERS, LoRISClient
-from .scene import IMAGE_ID_ATTRIBUTE, SceneLogic
+from .scene import IMAGE_ID_ATTRIBUTE, SOURCE_FILE_ATTRIBUTE, SceneLogic
 from .worker import Worker
 
 __all__ = ["Server", "UploadSource", "RunOutcome", "ReviewLogic"]
@@ -174,6 +174,15 @@ class ReviewLogic(SceneLogic):
         imageId, path, png = self.uploadSource(frameNode)
         return UploadSource(imageId, path, png, frameNode.GetName())
 
+    def _frameParams(self, frameNode, source):
+        """``{"frame": k}`` for a frame of a cine loop whose loop file is what the server has, else ``{}``."""
+        frame, count = self.frameIndex(frameNode)
+        cine = self.cineOf(frameNode)
+        loopFile = cine.GetAttribute(SOURCE_FILE_ATTRIBUTE) if cine is not None else None
+        if count > 1 and (source.imageId or (source.path and source.path == loopFile)):
+            return {"frame": frame}
+        return {}
+
     @staticmethod
     def _check(frameNode, action):
         if frameNode is None or frameNode.GetScene() is None:
@@ -229,7 +238,7 @@ class ReviewLogic(SceneLogic):
         if mapNode is not None:
             self.removeNodes(mapNode)
         if previousFrame is not None and previousFrame is not frameNode and self.role(previousFrame) == "frame":
-            self.removeNodes(previousFrame)
+            self.removeNodes(previousFrame, self.cineOf(previousFrame))
         roiNode = self.ensureRoiNode(roiNode)
         roiNode.RemoveAllControlPoints()  # the previous frame's box: draw or detect a new one
         segmentationNode = self.ensureSegmentationNode(segmentationNode, frameNode)
@@ -278,15 +287,20 @@ class ReviewLogic(SceneLogic):
             if answer is None:
                 return None
             report("Downloading the image")
-            return answer["id"], client.download_image(answer["id"], folder)
+            return answer, client.download_image(answer["id"], folder)
 
         def apply(value):
             if value is None:
                 return None
-            imageId, path = value
+            answer, path = value
+            imageId = answer["id"]
             frame = self.loadFrame(path, name=imageId, role="frame")
-            frame.SetAttribute(IMAGE_ID_ATTRIBUTE, imageId)
-            frame.StorableModified()  # its file is temporary: saving the scene must write it
+            for node in (frame, self.cineOf(frame)):
+                if node is not None:
+                    node.SetAttribute(IMAGE_ID_ATTRIBUTE, imageId)
+                    node.StorableModified()  # its file is temporary: saving the scene must write it
+            if "pixel_spacing_mm" in answer:  # the server read the image's calibration
+                self.applyPixelSpacing(frame, answer["pixel_spacing_mm"])
             roi, segmentation = self.startFrame(frame, previousFrame, roiNode, segmentationNode, mapNode)
             return frame, roi, segmentation
 
@@ -300,11 +314,12 @@ class ReviewLogic(SceneLogic):
         """
         source = self._source(frameNode)
         self.imageGeometry(frameNode)
+        params = self._frameParams(frameNode, source)
 
         def work(client, report):
             imageId = self._ensureImage(client, source, report)
             report("Detecting the recess")
-            return imageId, results.parse_detection(client.infer("recess_detection", imageId, {}).params)
+            return imageId, results.parse_detection(client.infer("recess_detection", imageId, params).params)
 
         def apply(value):
             imageId, detection = value
@@ -319,20 +334,25 @@ class ReviewLogic(SceneLogic):
                            timeout=300.0)
 
     def runLoris(self, server, frameNode, roiNode=None, segmentationNode=None, mapNode=None, opacity=0.5,
-                 done=None, failed=None, progress=None):
+                 done=None, failed=None, progress=None, wholeLoop=True):
         """One request, ``loris_anomaly_map``, for map, segmentation, score and decision; shows them.
 
         The box is the placed ROI's (none placed: the server's detector proposes one, and
-        the ROI is placed on it). ``done(RunOutcome)``.
+        the ROI is placed on it). The frame gets the server's pixel spacing (mm). On a frame
+        of a cine loop, ``wholeLoop`` scores every frame and shows the most anomalous one
+        (the answer's ``frame``); False runs the frame shown. ``done(RunOutcome)``.
         """
         box = self.boxFromRoi(roiNode, frameNode) if self.roiIsPlaced(roiNode) else None
         source = self._source(frameNode)
         _ijkToRas, (width, height) = self.imageGeometry(frameNode)
+        params = {} if wholeLoop else self._frameParams(frameNode, source)
+        if box is not None:
+            params["box"] = box
 
         def work(client, report):
             imageId = self._ensureImage(client, source, report)
             report("Running LoRIS")
-            response = client.infer("loris_anomaly_map", imageId, {"box": box} if box is not None else {})
+            response = client.infer("loris_anomaly_map", imageId, params)
             return imageId, results.parse_loris_answer(response.params, response.label)
 
         def apply(value):
@@ -343,6 +363,9 @@ class ReviewLogic(SceneLogic):
                 raise ValueError(f"the server's image '{imageId}' is {size[0]}x{size[1]} pixels "
                                  f"but '{frameNode.GetName()}' in Slicer is {width}x{height}")
             frameNode.SetAttribute(IMAGE_ID_ATTRIBUTE, imageId)
+            if answer.result.frame_count > 1 and self.cineOf(frameNode) is not None:
+                self.showCineFrame(frameNode, answer.result.frame)  # the frame the result is of
+            self.applyPixelSpacing(frameNode, answer.result.pixel_spacing_mm)  # before the map and the box
             mask = self.maskFromPng(answer.mask_png, width, height)
             newMap = self.loadAnomalyMap(answer.anomaly_map, frameNode, previousMapNode=mapNode)
             self.styleAnomalyMap(newMap, results.map_display_range(answer.result))
@@ -367,6 +390,7 @@ class ReviewLogic(SceneLogic):
         """
         png, info = self.correctionFor(segmentationNode, frameNode, roiNode, labelClass)
         source = self._source(frameNode)
+        info.update(self._frameParams(frameNode, source))
 
         def work(client, report):
             imageId = self._ensureImage(client, source, report)

@@ -26,6 +26,17 @@ codec functions flip, and the tests pin it with asymmetric masks.
 Node roles: every node the module creates carries the attribute
 ``LoRIS.role`` (see :data:`ROLES`), so the input selector can leave them out
 and a new frame can remove the previous frame's nodes.
+
+Millimetres: Slicer's DICOM reader (ITK/GDCM) gives an ultrasound frame a spacing
+of 1 -- it does not read the Sequence of Ultrasound Regions. The server does; its
+``pixel_spacing_mm`` (in a result, and in the next-image answer) becomes the frame's
+spacing (:meth:`SceneLogic.applyPixelSpacing`), and with it the map's, the
+segmentation's and the box's.
+
+Cine loops: a multi-frame file loads as a volume of several slices. The module keeps
+it hidden (role "cine") and reviews one of its frames as a single-slice volume on
+the same grid (:meth:`SceneLogic.loadFrame`, :meth:`SceneLogic.showCineFrame`);
+the frame's ``LoRIS.frame`` attribute says which (0 = the first).
 """
 
 import os
@@ -47,16 +58,25 @@ __all__ = [
     "IMAGE_ID_ATTRIBUTE",
     "SOURCE_FILE_ATTRIBUTE",
     "REVIEW_ATTRIBUTE",
+    "PIXEL_SPACING_ATTRIBUTE",
+    "FRAME_ATTRIBUTE",
+    "FRAME_COUNT_ATTRIBUTE",
+    "CINE_REFERENCE",
     "SEGMENT_NAME",
     "SceneLogic",
 ]
 
 ROLE_ATTRIBUTE = "LoRIS.role"
-ROLES = ("frame", "anomalyMap", "segmentation", "box", "mapColors")
+ROLES = ("frame", "anomalyMap", "segmentation", "box", "mapColors", "cine")
 IMAGE_ID_ATTRIBUTE = "LoRIS.imageId"
 SOURCE_FILE_ATTRIBUTE = "LoRIS.sourceFile"
 # "" (nothing to submit), "pending" (a result or an edit not submitted yet), "submitted"
 REVIEW_ATTRIBUTE = "LoRIS.review"
+# "x y" millimetres per pixel the server read from the image's DICOM calibration ("" when it knows none)
+PIXEL_SPACING_ATTRIBUTE = "LoRIS.pixelSpacing"
+FRAME_ATTRIBUTE = "LoRIS.frame"  # the frame of a cine loop a frame volume shows (0 = the first)
+FRAME_COUNT_ATTRIBUTE = "LoRIS.frameCount"
+CINE_REFERENCE = "LoRIS.cine"  # node reference from a frame volume to its (hidden) cine loop volume
 SEGMENT_NAME = "anomaly"
 SEGMENT_COLOR = (0.0, 0.85, 1.0)  # cyan: stands out on the map's red-to-yellow colours
 UPLOADABLE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm")
@@ -137,14 +157,18 @@ class SceneLogic:
 
     # ------------------------------------------------------------------ frames
 
-    def loadFrame(self, path, name=None, role=None):
+    def loadFrame(self, path, name=None, role=None, frame=0):
         """Load one image file (PNG/JPEG/DICOM/NRRD...) as a single-slice grayscale scalar volume.
+
+        A cine loop (a file of several frames) is kept as a hidden volume (role "cine") and its
+        frame ``frame`` (0 = the first) is returned as a single-slice volume on the same grid.
 
         Args:
             path: the file.
             name: the node name (default: the file name without extension).
             role: "frame" for a file the module downloaded (removed when the next frame starts);
                 None for the user's own file.
+            frame: the frame of a cine loop to show.
 
         Raises:
             ValueError: Slicer could not read the file.
@@ -157,7 +181,91 @@ class SceneLogic:
         node.SetAttribute(SOURCE_FILE_ATTRIBUTE, path)
         if role is not None:
             self.setRole(node, role)
+        depth = node.GetImageData().GetDimensions()[2]
+        if depth > 1:
+            node = self.frameOfCine(node, frame)
         return node
+
+    def frameOfCine(self, cineNode, frame=0):
+        """A single-slice volume showing frame ``frame`` of ``cineNode`` (which is hidden and given role "cine")."""
+        count = cineNode.GetImageData().GetDimensions()[2]
+        if not 0 <= int(frame) < count:
+            raise ValueError(f"frame {frame} does not exist; '{cineNode.GetName()}' has frames 0 .. {count - 1}")
+        frameNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", cineNode.GetName())
+        frameNode.CopyOrientation(cineNode)
+        for attribute in (IMAGE_ID_ATTRIBUTE, SOURCE_FILE_ATTRIBUTE, ROLE_ATTRIBUTE, PIXEL_SPACING_ATTRIBUTE):
+            if cineNode.GetAttribute(attribute):
+                frameNode.SetAttribute(attribute, cineNode.GetAttribute(attribute))
+        frameNode.SetAttribute(FRAME_COUNT_ATTRIBUTE, str(count))
+        frameNode.SetNodeReferenceID(CINE_REFERENCE, cineNode.GetID())
+        self.setRole(cineNode, "cine")
+        cineNode.SetHideFromEditors(True)
+        self.showCineFrame(frameNode, frame)
+        frameNode.CreateDefaultDisplayNodes()
+        return frameNode
+
+    @staticmethod
+    def cineOf(frameNode):
+        """The cine loop volume a frame volume shows a frame of, or None."""
+        return frameNode.GetNodeReference(CINE_REFERENCE) if frameNode is not None else None
+
+    @staticmethod
+    def frameIndex(frameNode):
+        """``(frame, frameCount)`` of a frame volume: ``(0, 1)`` for a single frame."""
+        if frameNode is None:
+            return 0, 1
+        try:
+            count = int(frameNode.GetAttribute(FRAME_COUNT_ATTRIBUTE) or 1)
+            frame = int(frameNode.GetAttribute(FRAME_ATTRIBUTE) or 0)
+        except ValueError:
+            return 0, 1
+        return frame, count
+
+    def showCineFrame(self, frameNode, frame):
+        """Put frame ``frame`` of the frame volume's cine loop into it (same grid; the module's attribute follows)."""
+        cine = self.cineOf(frameNode)
+        if cine is None:
+            if int(frame) != 0:
+                raise ValueError(f"'{frameNode.GetName()}' is a single frame; there is no frame {frame}")
+            return
+        pixels = slicer.util.arrayFromVolume(cine)
+        if not 0 <= int(frame) < pixels.shape[0]:
+            raise ValueError(f"frame {frame} does not exist; the loop has frames 0 .. {pixels.shape[0] - 1}")
+        slicer.util.updateVolumeFromArray(frameNode, np.ascontiguousarray(pixels[int(frame):int(frame) + 1]))
+        frameNode.SetAttribute(FRAME_ATTRIBUTE, str(int(frame)))
+        frameNode.StorableModified()
+
+    def applyPixelSpacing(self, volumeNode, spacing):
+        """Give a frame (and its cine loop) the server's pixel spacing ``[x, y]`` in mm, keeping origin and
+        directions; ``None`` (the server knows none) leaves Slicer's spacing and records that it is not calibrated.
+
+        Returns:
+            True when the spacing changed.
+        """
+        if volumeNode is None:
+            return False
+        if spacing is None:
+            volumeNode.SetAttribute(PIXEL_SPACING_ATTRIBUTE, "")
+            return False
+        sx, sy = (float(v) for v in spacing)
+        volumeNode.SetAttribute(PIXEL_SPACING_ATTRIBUTE, f"{sx:.17g} {sy:.17g}")
+        changed = False
+        for node in (volumeNode, self.cineOf(volumeNode)):
+            if node is None:
+                continue
+            old = node.GetSpacing()
+            if abs(old[0] - sx) > 1e-9 * sx or abs(old[1] - sy) > 1e-9 * sy:
+                node.SetSpacing(sx, sy, old[2])
+                changed = True
+        return changed
+
+    @staticmethod
+    def pixelSpacing(volumeNode):
+        """``([x, y] mm, calibrated)``: the frame's spacing in Slicer, and whether it is the server's calibration."""
+        if volumeNode is None:
+            return None, False
+        spacing = list(volumeNode.GetSpacing()[:2])
+        return spacing, bool(volumeNode.GetAttribute(PIXEL_SPACING_ATTRIBUTE))
 
     def ensureScalarVolume(self, volumeNode):
         """``volumeNode`` itself when it is a scalar volume; a color frame becomes a new grayscale one.
@@ -199,12 +307,12 @@ class SceneLogic:
         """True for a volume the input selector offers: a plain scalar volume that the module did not make.
 
         Labelmaps, vector (color) volumes and other subclasses are not offered, nor the
-        module's own anomaly maps.
+        module's own anomaly maps and the cine loops whose frames it shows.
         """
         return (
             node is not None
             and node.GetClassName() == "vtkMRMLScalarVolumeNode"
-            and SceneLogic.role(node) not in ("anomalyMap",)
+            and SceneLogic.role(node) not in ("anomalyMap", "cine")
         )
 
     def moduleOutputVolumeIDs(self):

@@ -176,6 +176,28 @@ def server(tmp_path_factory):
         log.close()
 
 
+@pytest.fixture(scope="session")
+def ultrasound_dicom():
+    """``write(path, frames uint8 (H, W) | (F, H, W), spacing_mm)``: an RGB DICOM ultrasound frame or cine loop with
+    its region calibration, written by the project's own writer (``lib.data.dicom``) in the server's environment
+    (this one has no pydicom)."""
+
+    def write(path, frames, spacing_mm):
+        import numpy as np
+
+        raw = Path(str(path) + ".npy")
+        np.save(raw, np.asarray(frames, np.uint8))
+        code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); from lib.data.dicom import "
+                "write_ultrasound_dicom as w; w(sys.argv[2], np.load(sys.argv[3]), (float(sys.argv[4]), "
+                "float(sys.argv[5])), rgb=True)")
+        subprocess.run([_server_python(), "-c", code, str(REPO), str(path), str(raw), *map(str, spacing_mm)],
+                       check=True, capture_output=True, timeout=120)
+        raw.unlink()
+        return Path(path)
+
+    return write
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """These tests are never skipped: a skip (a missing piece of the environment) is reported as a failure."""

@@ -370,3 +370,41 @@ def test_a_volume_that_is_not_one_frame_is_refused_before_anything_changes(logic
     with pytest.raises(ValueError, match="has 3 slices"):
         logic.startFrame(stack, first, roi, segmentation)
     assert slicer.mrmlScene.GetNumberOfNodes() == nodes and first.GetScene() is not None
+
+
+def test_a_cine_loop_file_is_reviewed_one_frame_at_a_time_on_its_grid(logic, tmp_path, ultrasound_dicom):
+    loop = np.stack([asymmetric_frame() // (k + 1) for k in range(3)])
+    path = ultrasound_dicom(tmp_path / "cine.dcm", loop, (0.1, 0.1))  # RGB, as scanners export
+    frame = logic.loadFrame(str(path), role="frame")
+    cine = logic.cineOf(frame)
+    assert frame.GetClassName() == "vtkMRMLScalarVolumeNode" and logic.imageGeometry(frame)[1] == (WIDTH, HEIGHT)
+    assert cine.GetAttribute(ROLE_ATTRIBUTE) == "cine" and slicer.util.arrayFromVolume(cine).shape == (3, HEIGHT, WIDTH)
+    assert logic.frameIndex(frame) == (0, 3) and np.array_equal(slicer.util.arrayFromVolume(frame)[0], loop[0])
+    logic.showCineFrame(frame, 2)
+    assert logic.frameIndex(frame) == (2, 3) and np.array_equal(slicer.util.arrayFromVolume(frame)[0], loop[2])
+    with pytest.raises(ValueError, match="frame 3 does not exist"):
+        logic.showCineFrame(frame, 3)
+    assert not logic.isReviewableVolume(cine) and cine.GetID() in logic.moduleOutputVolumeIDs()
+    assert logic.uploadSource(frame)[1] == str(path)  # the loop goes to the server, not one frame of it
+    roi, segmentation = logic.startFrame(frame)
+    logic.startFrame(_png_frame(logic, tmp_path, "next")[0], frame, roi, segmentation)
+    assert frame.GetScene() is None and cine.GetScene() is None  # the next frame removes the loop too
+
+
+def test_the_servers_pixel_spacing_becomes_the_frames_and_the_boxes_millimetres(logic, tmp_path, ultrasound_dicom):
+    path = ultrasound_dicom(tmp_path / "us.dcm", asymmetric_frame(), (0.1, 0.1))
+    frame = logic.loadFrame(str(path))
+    assert frame.GetSpacing()[:2] == (1.0, 1.0)  # ITK's DICOM reader does not read ultrasound regions
+    assert logic.pixelSpacing(frame) == ([1.0, 1.0], False)
+    roi = logic.ensureRoiNode()
+    assert logic.applyPixelSpacing(frame, [0.1, 0.1])
+    assert frame.GetSpacing() == pytest.approx((0.1, 0.1, 1.0)) and logic.pixelSpacing(frame)[1]
+    logic.setRoiFromBox(roi, frame, [10, 20, 60, 40])
+    assert roi.GetSize()[:2] == pytest.approx((5.0, 2.0))  # 50 x 20 pixels of 0.1 mm
+    assert logic.boxFromRoi(roi, frame) == [10, 20, 60, 40]
+    amap = np.zeros((HEIGHT, WIDTH), np.float32)
+    mapNode = logic.loadAnomalyMap(write_nrrd(tmp_path / "map.nrrd", amap).read_bytes(), frame)
+    assert mapNode.GetSpacing() == pytest.approx((0.1, 0.1, 1.0))
+    assert not logic.applyPixelSpacing(frame, [0.1, 0.1])  # unchanged
+    logic.applyPixelSpacing(frame, None)  # a server without calibration: Slicer's spacing, marked as such
+    assert logic.pixelSpacing(frame) == ([pytest.approx(0.1), pytest.approx(0.1)], False)

@@ -167,6 +167,43 @@ def test_review_loop_on_a_dicom_frame_next_run_correct_submit(logic, recorder, s
                                                     run.mapNode, **kw)) is None
 
 
+def test_review_loop_on_a_calibrated_cine_loop_shows_millimetres_and_its_most_anomalous_frame(
+        logic, recorder, server, tmp_path, ultrasound_dicom):
+    _label_all_unlabelled(server)
+    loop = np.stack([asymmetric_frame(), asymmetric_frame() // 3, np.clip(asymmetric_frame() * 2, 0, 255)])
+    cine = ultrasound_dicom(tmp_path / "knee_cine.dcm", loop.astype(np.uint8), (0.1, 0.1))
+    setup = LoRISClient(server.url, timeout=60)
+    image_id = setup.upload_image(str(cine), "knee_cine", {"patient_id": "scene-test"})
+
+    # Next image: a frame of the loop, in millimetres at once (the server read the calibration)
+    frame, roi, segmentation = _run(logic, lambda **kw: logic.nextImage(Server(server.url), "random", **kw))
+    assert frame.GetAttribute(IMAGE_ID_ATTRIBUTE) == image_id and logic.frameIndex(frame) == (0, 3)
+    assert frame.GetSpacing()[:2] == pytest.approx((0.1, 0.1)) and logic.pixelSpacing(frame)[1]
+    assert np.array_equal(slicer.util.arrayFromVolume(frame)[0], loop[0])
+
+    # Run LoRIS: the whole loop in one request; the module shows the frame the result is of
+    box = [50, 3, 94, 30]
+    logic.setRoiFromBox(roi, frame, box)
+    recorder.calls.clear()
+    run = _run(logic, lambda **kw: logic.runLoris(Server(server.url), frame, roi, segmentation, None, 0.4, **kw))
+    assert [c[2:] for c in recorder.infers()] == [("POST", "/infer/loris_anomaly_map")]
+    result = run.result
+    assert result.frame_count == 3 and result.frame == int(np.argmax(result.frame_scores))
+    assert logic.frameIndex(frame) == (result.frame, 3)
+    assert np.array_equal(slicer.util.arrayFromVolume(frame)[0], loop[result.frame])
+    assert run.mapNode.GetSpacing()[:2] == pytest.approx((0.1, 0.1)) and logic.boxFromRoi(roi, frame) == box
+    assert result.pixel_spacing_mm == [0.1, 0.1] and result.measurements["unit"] == "mm"
+    text = results.format_result(result)
+    assert "mm²" in text and f"Frame: {result.frame} of 0..2 (the most anomalous)" in text
+
+    # the correction is stored for that frame
+    slicer.util.updateSegmentBinaryLabelmapFromArray(asymmetric_mask()[np.newaxis], segmentation,
+                                                     logic.segmentId(segmentation), frame)
+    _run(logic, lambda **kw: logic.submitCorrection(Server(server.url), frame, segmentation, roi, "distended", **kw))
+    info = setup.datastore("all")["objects"][image_id]["labels"]["final"]["info"]
+    assert info["frame"] == result.frame and info["box"] == box and not recorder.on_main_thread()
+
+
 def _forwards(server) -> int:
     """How many LoRIS network forwards the server has logged (each logs one "LoRIS network forward" line)."""
     return server.log.read_text(errors="replace").count("LoRIS network forward")
