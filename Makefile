@@ -35,7 +35,7 @@ $(SLICER_STAMP): $(SLICER_REQUIREMENTS)
 slicer-venv: $(SLICER_STAMP)
 
 run: $(STAMP)
-	$(PY) -m lib.app_setup --workdir $(WORKDIR) --host $(HOST) --port $(PORT)
+	$(PY) -m lib.server.setup --workdir $(WORKDIR) --host $(HOST) --port $(PORT)
 
 # The scene tests start their throwaway server with the server environment's Python.
 test: $(STAMP) $(SLICER_STAMP)

@@ -1,6 +1,6 @@
 """The LoRIS MONAI Label app: ``monailabel start_server --app monailabel_app --studies DATASTORE``.
 
-Builds the hardened datastore (:mod:`lib.datastore`) and registers the tasks of
+Builds the hardened datastore (:mod:`lib.server.datastore`) and registers the tasks of
 each model's :class:`TaskConfig` (:mod:`lib.configs`): infer tasks ``loris``,
 ``loris_anomaly_map``, ``recess_detection``; trainers ``loris``,
 ``recess_detection``; strategies ``loris_uncertain``, ``loris_most_anomalous``,
@@ -8,7 +8,7 @@ each model's :class:`TaskConfig` (:mod:`lib.configs`): infer tasks ``loris``,
 :mod:`lib.configs.app_config`.
 
 In the server process (``server_mode(True)``) it empties the datastore's upload
-folder and installs the HTTP layer (:mod:`lib.httpapi`): access token, CORS, limits,
+folder and installs the HTTP layer (:mod:`lib.server.http`): access token, CORS, limits,
 strict routes. Whatever the route, :meth:`LorisApp.infer` is the one way to the infer
 tasks: it reads only datastore images (by id) or the request's uploaded file, and it
 never saves a result as a ``final`` label.
@@ -35,7 +35,7 @@ from lib.configs.app_config import AppConfig  # noqa: E402
 from lib.configs.loris import LorisConfig  # noqa: E402
 from lib.configs.recess_detection import RecessDetectionConfig  # noqa: E402
 from lib.data.atomic import atomic_dir  # noqa: E402
-from lib.datastore import HardenedDatastore, check_name  # noqa: E402
+from lib.server.datastore import HardenedDatastore, check_name  # noqa: E402
 from lib.errors import DataError  # noqa: E402
 from lib.infers.http_errors import BAD_REQUEST, NOT_FOUND, client_error  # noqa: E402
 from lib.infers.loris import load_predictor  # noqa: E402
@@ -115,7 +115,7 @@ class LorisApp(MONAILabelApp):
                 logger.info(f"removed {cleared} upload(s) left by a previous run")
             from monailabel.app import app as fastapi_app
 
-            from lib.httpapi.install import install
+            from lib.server.http.install import install
 
             install(fastapi_app, self)
 

@@ -13,7 +13,7 @@ import pytest
 
 from lib.bench import TARGETS, format_table, percentiles
 from lib.errors import LorisError
-from lib.server_process import ServerError, start_server
+from lib.server.process import ServerError, start_server
 
 REPO = Path(__file__).resolve().parent.parent
 
