@@ -29,7 +29,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-APP_DIR = Path(__file__).resolve().parent.parent / "monailabel_app"
+APP_DIR = Path(__file__).resolve().parents[2] / "monailabel_app"
 DEFAULT_WORKDIR = Path("runs/default")
 SAMPLE_PATIENTS = 24
 SAMPLE_IMAGE_SIZE = (320, 240)
