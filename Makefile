@@ -41,7 +41,7 @@ orthanc: $(STAMP)
 	$(PY) -m tests.pacs.orthanc install
 
 run: $(STAMP)
-	$(PY) -m lib.app_setup --workdir $(WORKDIR) --host $(HOST) --port $(PORT)
+	$(PY) -m lib.server.setup --workdir $(WORKDIR) --host $(HOST) --port $(PORT)
 
 # The scene tests start their throwaway server with the server environment's Python.
 test: $(STAMP) $(SLICER_STAMP) orthanc

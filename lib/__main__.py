@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample-data": ("lib.data.cli_sample", "generate synthetic knee-ultrasound images in the flat layout"),
     "import": ("lib.data.cli_import", "import a flat or reference-layout dataset into a MONAI Label datastore"),
     "train": ("lib.loris.cli_train", "train a LoRIS model on normal images"),
-    "infer": ("lib.loris.cli_infer", "run LoRIS on one image: reconstruction, anomaly map, score, mask"),
+    "infer": ("lib.pipeline.cli", "run LoRIS on one image: reconstruction, anomaly map, score, mask"),
     "train-detector": ("lib.detection.cli_train", "train the recess box detector on normal images"),
     "detect": ("lib.detection.cli_detect", "propose the recess box of one image"),
     "evaluate": ("lib.evaluation.cli", "cross-validated evaluation with baselines and a report"),

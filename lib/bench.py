@@ -436,7 +436,7 @@ def measure_latency(predictor, model_dir: Path, files: list, out_root: Path, ser
 
     Args:
         files: ``(image_path, box)`` of the frames, cycled; ``items``: the same as ``(image_id, box)``.
-        server: a running :class:`lib.server_process.ServerHandle` on the datastore of ``items``.
+        server: a running :class:`lib.server.process.ServerHandle` on the datastore of ``items``.
     """
     import requests
 
@@ -497,7 +497,7 @@ def measure_latency(predictor, model_dir: Path, files: list, out_root: Path, ser
 def measure_scoring(datastore: Path, models_dir: Path, device: str) -> dict:
     """The ``loris_scoring`` method over every unlabelled image of ``datastore`` (model loaded beforehand)."""
     from lib.activelearning.scoring import LorisScoring
-    from lib.datastore import HardenedDatastore
+    from lib.server.datastore import HardenedDatastore
     from lib.infers.loris import predictor_cache
 
     scoring = LorisScoring(models_dir / "loris", models_dir / "recess_detection")
@@ -725,7 +725,7 @@ def run(plan: Plan, device: str, work: Path, threads: int | None = None, log=pri
     from lib.loris.model_files import load_model
     from lib.loris.network import build_network
     from lib.loris.settings import LorisSettings
-    from lib.server_process import QUIET_ENV, start_server
+    from lib.server.process import QUIET_ENV, start_server
 
     dev = resolve_device(device)
     stages: dict[str, float] = {}  # seconds per stage

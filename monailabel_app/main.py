@@ -1,7 +1,7 @@
 """The LoRIS MONAI Label app: ``monailabel start_server --app monailabel_app --studies DATASTORE``.
 
-Builds the hardened datastore (:mod:`lib.datastore`) -- or, when ``--studies`` is a
-DICOMweb URL (``http://HOST/dicom-web``), the PACS datastore (:mod:`lib.pacs_datastore`:
+Builds the hardened datastore (:mod:`lib.server.datastore`) -- or, when ``--studies`` is a
+DICOMweb URL (``http://HOST/dicom-web``), the PACS datastore (:mod:`lib.server.pacs_datastore`:
 ultrasound instances listed from the PACS, retrieved into a local store beside it that
 also keeps the labels) -- and registers the tasks of
 each model's :class:`TaskConfig` (:mod:`lib.configs`): infer tasks ``loris``,
@@ -11,7 +11,7 @@ each model's :class:`TaskConfig` (:mod:`lib.configs`): infer tasks ``loris``,
 :mod:`lib.configs.app_config`.
 
 In the server process (``server_mode(True)``) it empties the datastore's upload
-folder and installs the HTTP layer (:mod:`lib.httpapi`): access token, CORS, limits,
+folder and installs the HTTP layer (:mod:`lib.server.http`): access token, CORS, limits,
 strict routes. Whatever the route, :meth:`LorisApp.infer` is the one way to the infer
 tasks: it reads only datastore images (by id) or the request's uploaded file, and it
 never saves a result as a ``final`` label.
@@ -38,7 +38,7 @@ from lib.configs.app_config import AppConfig  # noqa: E402
 from lib.configs.loris import LorisConfig  # noqa: E402
 from lib.configs.recess_detection import RecessDetectionConfig  # noqa: E402
 from lib.data.atomic import atomic_dir  # noqa: E402
-from lib.datastore import FILE_INFO_KEYS, HardenedDatastore, check_name  # noqa: E402
+from lib.server.datastore import FILE_INFO_KEYS, HardenedDatastore, check_name  # noqa: E402
 from lib.errors import DataError  # noqa: E402
 from lib.infers.http_errors import BAD_REQUEST, NOT_FOUND, client_error  # noqa: E402
 from lib.infers.loris import load_predictor  # noqa: E402
@@ -66,7 +66,7 @@ class LorisApp(MONAILabelApp):
         self.app_config = AppConfig.from_conf(conf, app_dir)
         self.app_config.models_dir.mkdir(parents=True, exist_ok=True)
         if is_dicomweb(studies):
-            from lib.pacs_datastore import default_store
+            from lib.server.pacs_datastore import default_store
 
             studies = str(studies).strip().rstrip("/")
             self.datastore_root = self.app_config.dicomweb_store or default_store(app_dir, studies)
@@ -99,9 +99,9 @@ class LorisApp(MONAILabelApp):
         )
 
     def init_remote_datastore(self):
-        """The PACS datastore on the DICOMweb server ``--studies`` (:mod:`lib.pacs_datastore`), with its local store
+        """The PACS datastore on the DICOMweb server ``--studies`` (:mod:`lib.server.pacs_datastore`), with its local store
         at ``--conf dicomweb_store``; no tools are downloaded (MONAI Label's own one fetches dcmqi)."""
-        from lib.pacs_datastore import PacsDatastore, make_client
+        from lib.server.pacs_datastore import PacsDatastore, make_client
 
         logger.info(f"DICOMweb datastore {self.studies}: filter {self.app_config.dicomweb_filter}, local store "
                     f"{self.datastore_root}")
@@ -146,7 +146,7 @@ class LorisApp(MONAILabelApp):
                 logger.info(f"removed {cleared} upload(s) left by a previous run")
             from monailabel.app import app as fastapi_app
 
-            from lib.httpapi.install import install
+            from lib.server.http.install import install
 
             install(fastapi_app, self)
 

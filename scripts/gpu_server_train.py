@@ -2,7 +2,7 @@
 
 ``python scripts/gpu_server_train.py --workdir DIR [--epochs 3] [--paper] [--out FILE.json]``
 
-Sets up the sample datastore and first models in ``DIR`` (``python -m lib.app_setup --no-server``, on
+Sets up the sample datastore and first models in ``DIR`` (``python -m lib.server.setup --no-server``, on
 the GPU), starts ``monailabel start_server`` of this app on it, sends ``POST /train/loris`` with
 ``{"multi_gpu": true, "gpus": "all", "max_epochs": N, "quick": ...}``, waits for it, and prints
 (and writes) what ``/info`` then reports as ``train_stats.loris``: world size, epochs of each rank,
@@ -26,7 +26,7 @@ def main() -> int:
     import requests
 
     from lib import app_setup
-    from lib.server_process import QUIET_ENV, start_server
+    from lib.server.process import QUIET_ENV, start_server
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, required=True)

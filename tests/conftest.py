@@ -43,7 +43,7 @@ def pytest_configure(config):
 
 @dataclass
 class ServerProcess:
-    """A running ``monailabel start_server`` subprocess (:mod:`lib.server_process`) and its datastore.
+    """A running ``monailabel start_server`` subprocess (:mod:`lib.server.process`) and its datastore.
 
     Attributes:
         url: ``http://127.0.0.1:<port>``.
@@ -67,7 +67,7 @@ class ServerProcess:
     CONF = {"max_upload_bytes": 2000000, "max_image_pixels": 1000000}
 
     def start(self) -> None:
-        from lib.server_process import start_server
+        from lib.server.process import start_server
 
         port = int(self.url.rsplit(":", 1)[1])
         conf = {"models_dir": self.models_dir, **self.CONF}
@@ -104,7 +104,7 @@ def server(tmp_path_factory):
     """A real MONAI Label server of this app on a tiny datastore with tiny trained models."""
     import torch
 
-    from lib.app_setup import make_sample_datastore, train_missing
+    from lib.server.setup import make_sample_datastore, train_missing
 
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("monailabel")
@@ -113,7 +113,7 @@ def server(tmp_path_factory):
     loris, detector = _tiny_settings()
     train_missing(datastore, models_dir, loris_settings=loris, detector_settings=detector)
 
-    from lib.server_process import QUIET_ENV, free_port
+    from lib.server.process import QUIET_ENV, free_port
 
     env = {**QUIET_ENV, "MONAI_LABEL_SESSION_PATH": str(root / "sessions"), "OMP_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}

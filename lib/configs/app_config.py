@@ -46,10 +46,24 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lib.upload_checks import UploadLimits
 from lib.errors import DataError
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Largest image upload the datastore and the infer tasks accept.
+
+    Attributes:
+        max_bytes: file size in bytes.
+        max_pixels: width x height in pixels (checked from the header before decoding).
+        max_frames: frames of a DICOM cine loop (checked from the header before decoding).
+    """
+
+    max_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 4096 * 4096
+    max_frames: int = 500
 
 PRESETS = ("quick", "paper")
 AUTH_SCOPES = ("writes", "all")

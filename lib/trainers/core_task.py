@@ -73,7 +73,6 @@ from monailabel.utils.others.generic import device_list
 from lib.data.atomic import atomic_dir, write_json
 from lib.data.datastore import read_datastore
 from lib.data.records import Record
-from lib.datastore import IMAGE_PATTERNS
 from lib.errors import DataError
 from lib.training import distributed
 
@@ -178,7 +177,7 @@ class CoreTrainTask(BasicTrainTask):
     # --- MONAI Label hooks -------------------------------------------------------------------------------
     def pre_process(self, request, datastore: Datastore):
         """The datastore's labelled images as records (picklable, so MONAI Label's DDP spawn works)."""
-        records = read_datastore(datastore._datastore_path, list(IMAGE_PATTERNS))
+        records = read_datastore(datastore._datastore_path)
         return [r for r in records if r.label is not None]
 
     def precision_for(self, request: dict) -> str:

@@ -53,7 +53,7 @@ class SecuredServer:
         return {"Authorization": f"Bearer {self.token}"}
 
     def start(self) -> None:
-        from lib.server_process import start_server
+        from lib.server.process import start_server
 
         port = int(self.url.rsplit(":", 1)[1])
         self.handle = start_server(APP_DIR, self.datastore, self.conf, "127.0.0.1", port, env=self.env,
@@ -70,7 +70,7 @@ class SecuredServer:
 
 @pytest.fixture(scope="session")
 def secured_server(server, tmp_path_factory):
-    from lib.server_process import QUIET_ENV, free_port
+    from lib.server.process import QUIET_ENV, free_port
 
     root = tmp_path_factory.mktemp("secured")
     datastore, models_dir = root / "datastore", root / "models"

@@ -10,7 +10,7 @@ import pytest
 from fastapi import HTTPException
 
 from lib.data.imageio import write_png
-from lib.datastore import HardenedDatastore, check_name
+from lib.server.datastore import HardenedDatastore, check_name
 from lib.errors import DataError
 from lib.infers.params import request_box
 
@@ -144,7 +144,7 @@ def _png_header(width: int, height: int) -> bytes:
 
 
 def test_upload_size_and_pixels_are_checked_from_the_header_before_decoding(tmp_path):
-    from lib.upload_checks import OverLimit, UploadLimits, check_upload, header_size
+    from lib.server.upload_checks import OverLimit, UploadLimits, check_upload, header_size
 
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(_png_header(30000, 30000))  # no pixel data at all: only the header can be read
@@ -163,7 +163,7 @@ def test_upload_size_and_pixels_are_checked_from_the_header_before_decoding(tmp_
 def test_nrrd_labels_are_read_when_single_slice_and_refused_by_size_first(tmp_path):
     import SimpleITK as sitk
 
-    from lib.upload_checks import read_label_upload
+    from lib.server.upload_checks import read_label_upload
 
     mask = np.zeros((1, 12, 16), dtype=np.uint8)
     mask[0, 2:5, 3:9] = 1
@@ -182,7 +182,7 @@ def test_nrrd_labels_are_read_when_single_slice_and_refused_by_size_first(tmp_pa
     ({"box": "1234"}, 0, "params.box"), ({"patient_id": True}, 0, "params.patient_id"),
 ])
 def test_label_params_are_typed_strictly_and_a_class_never_contradicts_its_mask(info, foreground, message):
-    from lib.upload_checks import validate_label_info
+    from lib.server.upload_checks import validate_label_info
 
     with pytest.raises(DataError, match=message.replace(".", r"\.")):
         validate_label_info(info, 40, 30, final=True, foreground=foreground)
@@ -215,7 +215,7 @@ def test_a_cine_loop_upload_is_checked_for_its_frames_from_the_header(tmp_path):
     import numpy as np
 
     from lib.data.dicom import write_ultrasound_dicom
-    from lib.upload_checks import OverLimit, UploadLimits, check_upload, header_frames
+    from lib.server.upload_checks import OverLimit, UploadLimits, check_upload, header_frames
 
     loop = write_ultrasound_dicom(tmp_path / "cine.dcm", np.zeros((4, 20, 30), np.uint8), (0.1, 0.1))
     assert header_frames(loop, "file") == (30, 20, 4) and check_upload(loop, UploadLimits(), "file") == (30, 20)

@@ -15,7 +15,7 @@ import requests
 from monailabel.client import MONAILabelClient
 
 from lib.data.imageio import image_size
-from lib.httpapi.auth import AccessPolicy
+from lib.server.http.auth import AccessPolicy
 from tests.app.conftest import ALLOWED_ORIGIN
 from tests.app.helpers import TIMEOUT, infer_json, png_bytes, put_label, snapshot, wait_train_running
 

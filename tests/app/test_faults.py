@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from lib.data.imageio import read_mask, write_png
-from lib.datastore import HardenedDatastore
+from lib.server.datastore import HardenedDatastore
 from tests.app.helpers import TIMEOUT, put_label
 
 OLD_BOX, NEW_BOX = [1, 1, 5, 5], [2, 3, 9, 8]

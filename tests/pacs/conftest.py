@@ -113,7 +113,7 @@ class PacsServer(ServerProcess):
     pacs: PacsContent = None
 
     def start(self) -> None:
-        from lib.server_process import start_server
+        from lib.server.process import start_server
 
         port = int(self.url.rsplit(":", 1)[1])
         self.handle = start_server(self.app_dir, self.datastore, self.conf, "127.0.0.1", port, env=self.env,
@@ -122,7 +122,7 @@ class PacsServer(ServerProcess):
 
 @pytest.fixture(scope="session")
 def pacs_server(server, orthanc_pacs, tmp_path_factory):
-    from lib.server_process import QUIET_ENV, free_port
+    from lib.server.process import QUIET_ENV, free_port
 
     root = tmp_path_factory.mktemp("pacs_app")
     models_dir = root / "models"

@@ -5,8 +5,8 @@ import pytest
 from fastapi import HTTPException
 
 from lib.data.imageio import read_image_file, read_mask, write_png
-from lib.pacs_datastore import DEFAULT_FILTER, PacsDatastore, make_client
-from lib.upload_checks import UploadLimits
+from lib.server.pacs_datastore import DEFAULT_FILTER, PacsDatastore, make_client
+from lib.server.upload_checks import UploadLimits
 from tests.pacs.conftest import PIXEL_LIMIT
 
 

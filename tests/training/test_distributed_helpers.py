@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lib.errors import DataError, ModelError
-from lib.server_process import free_port
+from lib.server.process import free_port
 from lib.training import distributed
 from lib.training.distributed import World
 

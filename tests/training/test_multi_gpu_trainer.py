@@ -9,7 +9,7 @@ import json
 import pytest
 
 from lib.loris.settings import LorisSettings
-from lib.server_process import free_port
+from lib.server.process import free_port
 from lib.trainers.loris import LorisTrainer
 
 pytestmark = pytest.mark.slow  # two training processes (32 px, 2 epochs)

@@ -27,8 +27,8 @@ def main() -> int:
 
     import torch
 
-    from lib.app_setup import make_sample_datastore, train_missing
-    from lib.server_process import QUIET_ENV, free_port
+    from lib.server.setup import make_sample_datastore, train_missing
+    from lib.server.process import QUIET_ENV, free_port
     from tests.conftest import APP_DIR, ServerProcess, _tiny_settings
 
     torch.set_num_threads(1)

@@ -37,7 +37,7 @@ index in ``datastore_v2.json``), and this class keeps it. What it adds:
   is then the old one or the new one, whole.
 * **Labels never contradict their class.** A ``normal`` label with a non-empty mask
   is refused (400); a final label without a class takes it from its mask.
-* **Uploads are checked from the header first** (:mod:`lib.upload_checks`): byte size,
+* **Uploads are checked from the header first** (:mod:`lib.server.upload_checks`): byte size,
   then width x height (and a DICOM cine loop's frames) read from the file header, and
   only then decoded, so a decompression bomb is refused (413) before it costs memory.
 * **DICOM ultrasound keeps its geometry.** A DICOM image is stored as uploaded; its
@@ -77,17 +77,17 @@ import numpy as np
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from monailabel.interfaces.datastore import DefaultLabelTag
 
+from lib.data.datastore import IMAGE_PATTERNS
 from lib.data.imageio import IMAGE_EXTENSIONS, read_image_file, read_mask
 from lib.errors import DataError
 from lib.infers.http_errors import BAD_REQUEST, CONFLICT, FORBIDDEN, NOT_FOUND, PAYLOAD_TOO_LARGE, client_error
 from lib.infers.params import strict_box
-from lib.upload_checks import (LABEL_EXTENSIONS, OverLimit, UploadLimits, check_name, check_upload, header_frames,
-                               header_size, image_extension, read_label_upload, validate_label_info)
+from lib.server.upload_checks import (LABEL_EXTENSIONS, OverLimit, UploadLimits, check_name, check_upload,
+                                      header_frames, header_size, image_extension, read_label_upload,
+                                      validate_label_info)
 
 logger = logging.getLogger(__name__)
 
-IMAGE_PATTERNS = tuple(f"*{ext}" for ext in IMAGE_EXTENSIONS)
-"""Files of the datastore root that are images (PNG, JPEG, DICOM frames)."""
 
 UPLOADS_DIR = ".uploads"
 """Hidden folder of the datastore where the server keeps request uploads while it checks them."""
@@ -192,7 +192,7 @@ class HardenedDatastore(LocalDatastore):
     """:class:`LocalDatastore` with checked ids and uploads and a locked, atomic index (see the module doc)."""
 
     def __init__(self, datastore_path: str, *, limits: UploadLimits = UploadLimits(), auto_reload: bool = True,
-                 read_only: bool = False, extensions=IMAGE_PATTERNS):
+                 read_only: bool = False, extensions=tuple(IMAGE_PATTERNS)):
         os.makedirs(datastore_path, exist_ok=True)
         self._lock = _DatastoreLock(os.path.join(datastore_path, ".lock"))
         self._config_sig = None
@@ -692,6 +692,6 @@ class HardenedDatastore(LocalDatastore):
             store.description = description
 
 
-__all__ = ["FILE_INFO_KEYS", "HardenedDatastore", "IMAGE_PATTERNS", "LABEL_EXTENSIONS", "OverLimit", "UploadLimits",
+__all__ = ["FILE_INFO_KEYS", "HardenedDatastore", "LABEL_EXTENSIONS", "OverLimit", "UploadLimits",
            "UPLOADS_DIR", "check_name", "check_upload", "file_info", "header_size", "read_label_upload",
            "validate_label_info"]

@@ -20,12 +20,12 @@ import os
 import re
 import struct
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict
 
 import numpy as np
 
+from lib.configs.app_config import UploadLimits
 from lib.data.dicom import frame_size, header_size as itk_header_size
 from lib.data.imageio import IMAGE_EXTENSIONS
 from lib.data.records import LABELS
@@ -38,21 +38,6 @@ LABEL_EXTENSIONS = (".png", ".nrrd", ".nii.gz", ".nii")
 
 _ID_PATTERN = re.compile(r"^[^\x00-\x1f/\\]+$")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@dataclass(frozen=True)
-class UploadLimits:
-    """Largest image upload the datastore and the infer tasks accept.
-
-    Attributes:
-        max_bytes: file size in bytes.
-        max_pixels: width x height in pixels (checked from the header before decoding).
-        max_frames: frames of a DICOM cine loop (checked from the header before decoding).
-    """
-
-    max_bytes: int = 64 * 1024 * 1024
-    max_pixels: int = 4096 * 4096
-    max_frames: int = 500
 
 
 class OverLimit(DataError):

@@ -45,9 +45,9 @@ from monailabel.utils.others.generic import file_checksum, get_mime_type
 from requests_toolbelt import MultipartEncoder
 
 from lib.data.imageio import IMAGE_EXTENSIONS
-from lib.upload_checks import LABEL_EXTENSIONS, OverLimit, check_name, check_upload
+from lib.server.upload_checks import LABEL_EXTENSIONS, OverLimit, check_name, check_upload
 from lib.errors import DataError
-from lib.httpapi.uploads import received
+from lib.server.http.uploads import received
 from lib.infers.http_errors import BAD_REQUEST, NOT_FOUND, PAYLOAD_TOO_LARGE, UNAUTHORIZED, client_error
 from lib.infers.params import parse_params
 
@@ -366,7 +366,7 @@ def auth_token(username: str = Form(""), password: str = Form("")):
 
 @auth_router.get("/token/valid", summary="Check If current token is Valid")
 def auth_token_valid(request: Request):
-    from lib.httpapi.auth import bearer_token
+    from lib.server.http.auth import bearer_token
 
     token = _app().app_config.auth_token
     presented = bearer_token(request.headers.get("authorization"))

@@ -4,7 +4,7 @@ MONAI Label creates its FastAPI app, with its routes and a CORS middleware that
 allows every origin with credentials, before it loads this app; the app then calls
 :func:`install` from ``server_mode(True)``, inside the server's start-up. ``install``
 
-1. puts the routes of :mod:`lib.httpapi.routes` before MONAI Label's: a request is
+1. puts the routes of :mod:`lib.server.http.routes` before MONAI Label's: a request is
    served by the first route that matches its path and method, so these replace the
    stock routes of the same path and method, and answer 404 for the features this app
    cannot serve safely: whole-slide inference (``/infer/wsi*``), the DICOMweb proxy
@@ -12,8 +12,8 @@ allows every origin with credentials, before it loads this app; the app then cal
 2. maps MONAI Label's own exceptions for bad input to 400/404;
 3. rebuilds the middleware stack (Starlette's ``build_middleware_stack``) with, from the
    outside in: CORS limited to the configured origins (none by default; no credentials),
-   :class:`~lib.httpapi.middleware.PathScrubber`, :class:`~lib.httpapi.auth.AuthMiddleware`
-   and :class:`~lib.httpapi.middleware.BodyLimit`.
+   :class:`~lib.server.http.middleware.PathScrubber`, :class:`~lib.server.http.auth.AuthMiddleware`
+   and :class:`~lib.server.http.middleware.BodyLimit`.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from fastapi.responses import JSONResponse
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
-from lib.httpapi.auth import AccessPolicy, AuthMiddleware
-from lib.httpapi.middleware import FORM_OVERHEAD_BYTES, BodyLimit, PathScrubber
-from lib.httpapi.routes import ROUTERS, auth_router
+from lib.server.http.auth import AccessPolicy, AuthMiddleware
+from lib.server.http.middleware import FORM_OVERHEAD_BYTES, BodyLimit, PathScrubber
+from lib.server.http.routes import ROUTERS, auth_router
 from lib.infers.http_errors import BAD_REQUEST, NOT_FOUND
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """First-run setup of the MONAI Label app, then the server: ``make run``.
 
-``python -m lib.app_setup [--workdir runs/default] [--host 127.0.0.1] [--port 8000] [--no-server]``:
+``python -m lib.server.setup [--workdir runs/default] [--host 127.0.0.1] [--port 8000] [--no-server]``:
 
 1. if ``WORKDIR/datastore`` holds no datastore yet, generate synthetic knee-ultrasound frames
    (:mod:`lib.data.synthetic`) and import them (:func:`lib.data.datastore.write_datastore`);
@@ -29,7 +29,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-APP_DIR = Path(__file__).resolve().parent.parent / "monailabel_app"
+APP_DIR = Path(__file__).resolve().parents[2] / "monailabel_app"
 DEFAULT_WORKDIR = Path("runs/default")
 SAMPLE_PATIENTS = 24
 SAMPLE_IMAGE_SIZE = (320, 240)
@@ -90,11 +90,10 @@ def train_missing(datastore: Path, models_dir: Path, *, request: dict | None = N
         the names of the models trained.
     """
     from lib.data.datastore import read_datastore
-    from lib.datastore import IMAGE_PATTERNS
     from lib.trainers.loris import LorisTrainer
     from lib.trainers.recess_detection import RecessDetectionTrainer
 
-    records = [r for r in read_datastore(datastore, list(IMAGE_PATTERNS)) if r.label is not None]
+    records = [r for r in read_datastore(datastore) if r.label is not None]
     trained = []
     for name, trainer, settings in (
         ("recess_detection", RecessDetectionTrainer(Path(models_dir) / "recess_detection"), detector_settings),
@@ -126,7 +125,7 @@ def setup(datastore: Path, models_dir: Path, device: str = "cpu") -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lib.app_setup", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lib.server.setup", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="holds datastore/ and models/")
     parser.add_argument("--datastore", type=Path, default=None, help="datastore folder (default WORKDIR/datastore)")
     parser.add_argument("--models", type=Path, default=None, help="models folder (default WORKDIR/models)")
@@ -152,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.no_server:
         return 0
-    from lib.server_process import server_command
+    from lib.server.process import server_command
 
     from lib.configs.app_config import TOKEN_ENV, TOKEN_FILE_ENV
-    from lib.httpapi.auth import is_loopback
+    from lib.server.http.auth import is_loopback
 
     if not is_loopback(args.host) and args.host != "localhost" and not (os.environ.get(TOKEN_FILE_ENV)
                                                                         or os.environ.get(TOKEN_ENV)):

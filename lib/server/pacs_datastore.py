@@ -17,13 +17,13 @@ differently:
 * **Local store beside the PACS.** The first time an image is needed (infer, a label,
   scoring, a download) its instance is retrieved (WADO-RS) and stored, as it came,
   in the local store folder (``--conf dicomweb_store DIR``), after the same checks
-  as an upload to the local datastore (:mod:`lib.upload_checks`): rows x columns
+  as an upload to the local datastore (:mod:`lib.server.upload_checks`): rows x columns
   and frames from the QIDO answer before anything is retrieved, then byte size,
   header, decoding. Its image info records where it came from (``source``
   ``"dicomweb"``, study, series and instance UIDs, ``patient_id`` = PatientID) and
   its geometry (``pixel_spacing_mm``, ``frame_count``).
 * **Labels** (corrections) are stored in that local store exactly as the local
-  datastore stores them (:class:`~lib.datastore.HardenedDatastore`: checked, one
+  datastore stores them (:class:`~lib.server.datastore.HardenedDatastore`: checked, one
   canonical PNG per label, crash-safe index), never written into the PACS. They
   survive restarts; training reads the local store's labelled images.
 * **Nothing is deleted from the PACS**: ``DELETE /datastore/image`` removes the local
@@ -47,9 +47,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from lib.datastore import HardenedDatastore, IMAGE_PATTERNS
+from lib.server.datastore import HardenedDatastore, IMAGE_PATTERNS
 from lib.infers.http_errors import BAD_REQUEST, CONFLICT, PAYLOAD_TOO_LARGE, client_error
-from lib.upload_checks import UploadLimits, check_name
+from lib.server.upload_checks import UploadLimits, check_name
 
 logger = logging.getLogger(__name__)
 

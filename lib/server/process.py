@@ -25,7 +25,7 @@ from pathlib import Path
 
 from lib.errors import LorisError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 APP_DIR = REPO / "monailabel_app"
 STARTUP_TIMEOUT_S = 120.0
 
