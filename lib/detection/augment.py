@@ -79,20 +79,29 @@ _PHI_SLOPE = math.exp(0.5)
 """Slope at 0 of the displacement profile ``phi(u) = u exp((1 - u^2) / 2)`` (maximum 1 at ``u = 1``)."""
 
 
-def bulge(image: np.ndarray, box: Box, rng: np.random.Generator, stretch: float) -> tuple[np.ndarray, Box]:
-    """Inflate the recess into a lens, as a distended recess looks, keeping the box exact.
+def bulge(image: np.ndarray, box: Box, rng: np.random.Generator, stretch: float,
+          reach: float = 0.5, fluid: float = 0.0) -> tuple[np.ndarray, Box]:
+    """Swell a normal recess into a dark lens, as a distended recess looks; the box follows.
 
-    The rows near the recess's centre line ``c(x)`` (the straight line through the darkest row of each
-    column of the box) are pushed apart: backward map ``source_y = y - D(x) phi((y - c(x)) / T)`` with
-    ``phi(u) = u exp((1 - u^2) / 2)``, ``T`` half the box height and ``D(x)`` a raised-cosine bump inside the
-    box whose peak stretches the centre line's neighbourhood ``stretch`` times. Tissue farther than about
-    ``3 T`` from the line does not move. The box keeps its x extent; its top and bottom edges move with
-    the tissue.
+    The rows near the recess's centre line ``c(x)`` (:func:`_centre_line`) are pushed apart: backward map
+    ``source_y = y - D(x) phi((y - c(x)) / T)`` with ``phi(u) = u exp((1 - u^2) / 2)``, ``T = reach`` times the
+    box height and ``D(x)`` a raised-cosine bump over most of the box whose peak stretches the centre line's
+    neighbourhood ``stretch`` times (the map stays monotonic: no folding). Tissue farther than about ``3 T``
+    from the line does not move. Then the lens ``|y - c(x)| < 0.8 D(x)`` is darkened by the factor
+    ``1 - fluid`` (1: anechoic fluid), with a 3-pixel soft edge. The box keeps its x extent; its top and
+    bottom edges are moved as the tissue at them (they stay outside the lens).
+
+    Args:
+        image: ``(H, W)`` float image in [0, 1]; box: its recess box (pixels, max exclusive).
+        rng: draws where along the box the lens peaks and how far it reaches on each side.
+
+    Returns:
+        ``(warped image (H, W) float32, its box)``.
     """
     height, width = image.shape
     x0, y0, x1, y1 = (int(v) for v in box)
     slope, intercept = _centre_line(image, box)
-    spread = max((y1 - y0) / 2.0, 1.0)
+    spread = max(reach * (y1 - y0), 1.0)
     peak = spread * (1.0 - 1.0 / stretch) / _PHI_SLOPE  # keeps 1 - D phi'(u) / T > 0: no folding
     centre = rng.uniform(x0 + 0.3 * (x1 - x0), x1 - 0.3 * (x1 - x0))
     left, right = (centre - x0) * rng.uniform(0.7, 1.0), (x1 - centre) * rng.uniform(0.7, 1.0)
@@ -108,8 +117,11 @@ def bulge(image: np.ndarray, box: Box, rng: np.random.Generator, stretch: float)
     source = ys - displacement[None, :] * phi((ys - line[None, :]) / spread)
     coords = np.stack([source - 0.5, np.broadcast_to(xs[None, :] - 0.5, source.shape)])
     warped = ndimage.map_coordinates(image, coords, order=1, mode="nearest").astype(np.float32)
-
+    if fluid > 0:  # darken a lens around the centre line, 0.8 D(x) thick on each side: fluid
+        inside = np.clip((0.8 * displacement[None, :] - np.abs(ys - line[None, :])) / 3.0, 0.0, 1.0)
+        warped *= (1.0 - fluid * inside * inside * (3.0 - 2.0 * inside)).astype(np.float32)
     cols = displacement > 0
+
     def moved(edge: float) -> float:  # forward map of row `edge`, where it moves most
         y = np.full(int(cols.sum()), edge, dtype=np.float64)
         for _ in range(60):  # fixed point of y = edge + D phi((y - c) / T): a contraction since D phi' < T
@@ -150,7 +162,8 @@ class BoxAugmenter:
         if not s.augment:
             return network_image(image, shape), network_box(box, (width, height), shape)
         if s.bulge_fraction > 0 and self.rng.random() < s.bulge_fraction:
-            image, box = bulge(image, box, self.rng, self.rng.uniform(1.5, s.bulge_amount))
+            image, box = bulge(image, box, self.rng, self.rng.uniform(1.5, s.bulge_stretch),
+                               reach=self.rng.uniform(0.4, 0.8), fluid=self.rng.uniform(0.2, 1.0))
         zoom = self.rng.uniform(1.0 - s.scale_range, 1.0 + s.scale_range)
         stretch = self.rng.uniform(1.0 - s.stretch_range, 1.0 + s.stretch_range)
         tx, ty = self.rng.uniform(-s.translate_fraction, s.translate_fraction, size=2)

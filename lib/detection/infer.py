@@ -43,7 +43,7 @@ class Detection:
         return {"box": [int(v) for v in self.box], "confidence": float(self.confidence)}
 
 
-def predict(network: RecessNet, batch: torch.Tensor, flip_test: bool = False, vote: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def predict(network: RecessNet, batch: torch.Tensor, flip_test: bool = False, vote: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
     """Boxes ``(B, 4)`` on the input grid and confidences ``(B,)`` for a ``(B, 1, H', W')`` batch.
 
     With ``flip_test`` the horizontally flipped batch is run too; its boxes are flipped back and the two

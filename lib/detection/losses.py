@@ -4,10 +4,11 @@
   standard deviation of ``heatmap_sigma`` times the box's width along x and its height along y; the
   penalty-reduced focal loss of CenterNet (Zhou et al., 2019), normalised by the number of boxes.
   A frame without a recess has an all-zero target: every cell learns "not a centre".
-- Box: every cell near the centre (Gaussian target at least :data:`BOX_CELLS`) proposes the whole box;
-  its loss is ``1 - GIoU`` (``monai.data.box_utils.box_pair_giou``) plus the L1 error of the four edges,
-  measured in box widths along x and box heights along y (so a thin box's height counts as much as its
-  length), weighted by the Gaussian target.
+- Box: every cell inside the box (and near its centre: Gaussian target at least :data:`BOX_CELLS`)
+  proposes the whole box, so that cells near an edge learn to place it from what they see (the decoding's
+  edge vote uses them); the loss is ``1 - GIoU`` (``monai.data.box_utils.box_pair_giou``) plus the L1
+  error of the four edges, measured in box widths along x and box heights along y (so a thin box's height
+  counts as much as its length), averaged over each box's cells, then over the boxes of the batch.
 """
 
 from __future__ import annotations
@@ -53,32 +54,29 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(pos_loss + neg_loss) / pos.sum().clamp(min=1)
 
 
-def box_loss(edges: torch.Tensor, boxes: Sequence, target: torch.Tensor, inside: bool = False) -> torch.Tensor:
-    """``1 - GIoU`` + relative L1 of the boxes proposed by the cells near each centre (see module doc)."""
+def box_loss(edges: torch.Tensor, boxes: Sequence, target: torch.Tensor) -> torch.Tensor:
+    """``1 - GIoU`` + relative L1 of the boxes proposed by the cells inside each box (see module doc)."""
     proposed = cell_boxes(edges)  # (B, 4, h, w)
     x, y = cell_centres(edges.shape[2], edges.shape[3], edges.device)
     preds, truths, weights = [], [], []
     for i, box in enumerate(boxes):
         if box is None:
             continue
-        cells = target[i, 0] >= BOX_CELLS
-        if inside:
-            cells = cells | ((x >= box[0]) & (x <= box[2]) & (y >= box[1]) & (y <= box[3]))
+        cells = (target[i, 0] >= BOX_CELLS) | ((x >= box[0]) & (x <= box[2]) & (y >= box[1]) & (y <= box[3]))
         preds.append(proposed[i][:, cells].T)
         truths.append(torch.tensor([box], dtype=proposed.dtype, device=proposed.device).expand(int(cells.sum()), 4))
-        weights.append(torch.full_like(target[i, 0][cells], 1.0 / float(cells.sum())) if inside
-                       else target[i, 0][cells])
+        weights.append(torch.full_like(target[i, 0][cells], 1.0 / float(cells.sum())))
     if not preds:
         return edges.sum() * 0.0
     pred, truth, weight = torch.cat(preds), torch.cat(truths), torch.cat(weights)
     giou = box_pair_giou(pred, truth)
     size = (truth[:, 2:] - truth[:, :2]).clamp(min=1.0).repeat(1, 2)
     l1 = ((pred - truth).abs() / size).mean(dim=1)
-    return (weight * (1.0 - giou + l1)).sum() / weight.sum()
+    return (weight * (1.0 - giou + l1)).sum() / len(preds)
 
 
 def detector_loss(heat_logits: torch.Tensor, edges: torch.Tensor, boxes: Sequence, sigma_fraction: float,
-                  box_weight: float, inside: bool = False) -> dict[str, torch.Tensor]:
+                  box_weight: float) -> dict[str, torch.Tensor]:
     """The training loss of a batch: ``{"loss", "heatmap", "box"}`` (``loss = heatmap + box_weight * box``).
 
     Args:
@@ -87,5 +85,5 @@ def detector_loss(heat_logits: torch.Tensor, edges: torch.Tensor, boxes: Sequenc
     """
     target = heatmap_targets(boxes, heat_logits.shape[2:], sigma_fraction, heat_logits.device)
     heat = focal_loss(heat_logits, target)
-    box = box_loss(edges, boxes, target, inside)
+    box = box_loss(edges, boxes, target)
     return {"loss": heat + box_weight * box, "heatmap": heat, "box": box}

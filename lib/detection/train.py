@@ -2,12 +2,22 @@
 
 - Only *normal* images with a box are trained on: a detector that saw distended
   recesses would learn what the anomaly looks like and leak it into LoRIS.
+  (Its augmentations include a synthetic swelling of the normal recess,
+  :func:`lib.detection.augment.bulge`, so that a distended recess, taller
+  and darker, is still boxed.)
 - Validation is patient-grouped (:func:`lib.data.splits.split_train_valid`) unless
-  ``valid_records`` is given; early stopping follows a validation metric
-  (``settings.monitor``, on the validation normal images) computed with
-  MONAI's COCO metric (:mod:`lib.detection.metrics`).
-- The best checkpoint (weights + settings) is written atomically at each
-  improvement; ``last.pt`` after every epoch makes training resumable.
+  ``valid_records`` is given; its metrics (MONAI's COCO metric,
+  :mod:`lib.detection.metrics`) are recorded every epoch.
+- Schedule ``"cosine"`` (default): the learning rate decays to zero over
+  ``max_epochs`` and the model of the last epoch is kept. On a handful of
+  validation patients the epoch with the best validation score is mostly
+  luck (measured in ``lib/detection/README.md``). Schedule ``"plateau"``:
+  constant learning rate (optionally reduced on plateaus), early stopping on
+  ``settings.monitor``, the best epoch is kept.
+- The kept checkpoint (weights + settings) is written atomically; ``last.pt``
+  after every epoch makes training resumable. At the end the confidence floor
+  is calibrated on the validation images (:mod:`lib.detection.calibrate`) and
+  stored with the model.
 """
 
 from __future__ import annotations
@@ -26,8 +36,8 @@ from lib.data.imageio import read_boxed_images
 from lib.data.records import Record
 from lib.data.splits import split_train_valid
 from lib.detection.augment import BoxAugmenter
-from lib.detection.infer import RecessDetector
 from lib.detection.calibrate import calibrate
+from lib.detection.infer import RecessDetector
 from lib.detection.losses import detector_loss
 from lib.detection.metrics import box_metrics
 from lib.detection.model_files import load_best, load_last, save_best, save_last, write_info
@@ -49,6 +59,25 @@ def _make_optimizer(settings: DetectorSettings, params) -> torch.optim.Optimizer
         return torch.optim.SGD(params, lr=settings.learning_rate, momentum=0.9, weight_decay=settings.weight_decay,
                                nesterov=True)
     return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
+def _make_scheduler(settings: DetectorSettings, optimizer):
+    if settings.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.max_epochs)
+    if settings.plateau_factor < 1.0:
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=settings.plateau_factor,
+                                                          patience=settings.plateau_patience)
+    return None
+
+
+def _new_network(settings: DetectorSettings, train_set: list[Record], train_images: list[np.ndarray]):
+    """A fresh network whose proposals start at the median training box (in input pixels)."""
+    torch.manual_seed(settings.seed)
+    network = build_network(settings)
+    shape = settings.input_shape
+    boxes = np.array([network_box(r.box, (im.shape[1], im.shape[0]), shape) for r, im in zip(train_set, train_images)])
+    network.init_edges(float(np.median(boxes[:, 2] - boxes[:, 0])) / 2, float(np.median(boxes[:, 3] - boxes[:, 1])) / 2)
+    return network
 
 
 def _rank(metrics: dict, monitor: str) -> tuple[float, float]:
@@ -83,22 +112,24 @@ def train_detector(
         out_dir: model directory (see :mod:`lib.detection.model_files`); created if needed.
         settings: :class:`DetectorSettings`; defaults when None.
         valid_records: an explicit validation set (e.g. a cross-validation fold's); its normal boxed
-            images drive early stopping, and the final report also covers its distended ones.
+            images are validated on every epoch and calibrate the confidence floor, and the final report
+            also covers its distended ones.
         resume: continue from ``out_dir/last.pt`` when it exists (same architecture settings required);
             otherwise start from scratch.
         progress: show a tqdm progress bar (one step per epoch).
-        should_stop: called between batches; returning True ends training after saving what is best so far.
+        should_stop: called between batches; returning True ends training after saving what is kept so far.
         on_epoch: called after every epoch with ``{"epoch", "loss", "heatmap_loss", "box_loss", "learning_rate",
             "valid", "best_epoch", "best", "seconds"}`` (``valid``: the validation metrics of that epoch, every
-            image's best box counted; ``learning_rate``: the one the next epoch will use).
+            image's best box counted; ``learning_rate``: the one the next epoch will use; ``best_epoch``: the
+            epoch kept so far).
         device: torch device; CUDA when available if None.
 
     Returns:
-        a summary: ``{"model_dir", "epochs_run", "best_epoch", "monitor", "best_value", "stopped" ("early_stopping" |
-        "max_epochs" | "should_stop"), "n_train", "n_valid", "valid_source" ("held-out patients" | "given" |
-        "training images (no held-out patients)"), "validation" (normal validation images, best model),
-        "validation_all" (all boxed validation images, normal and distended, best model, calibrated floor),
-        "calibration" (:func:`lib.detection.calibrate.calibrate`), "seconds"}``.
+        a summary: ``{"model_dir", "epochs_run", "best_epoch" (the kept epoch), "monitor", "best_value",
+        "stopped" ("early_stopping" | "max_epochs" | "should_stop"), "n_train", "n_valid", "valid_source"
+        ("held-out patients" | "given" | "training images (no held-out patients)"), "validation" (normal
+        validation images, kept model), "validation_all" (all boxed validation images, normal and distended,
+        kept model, calibrated floor), "calibration" (:func:`lib.detection.calibrate.calibrate`), "seconds"}``.
 
     Raises:
         DataError: no normal image with a box to train on, or a box that leaves its image.
@@ -130,21 +161,10 @@ def train_detector(
     else:
         valid_set, valid_images, valid_source = train_set, train_images, "training images (no held-out patients)"
 
-    torch.manual_seed(settings.seed)
-    network = build_network(settings)
-    shape = settings.input_shape
-    sizes = np.array([network_box(r.box, (im.shape[1], im.shape[0]), shape) for r, im in zip(train_set, train_images)])
-    network.init_edges(float(np.median(sizes[:, 2] - sizes[:, 0])) / 2, float(np.median(sizes[:, 3] - sizes[:, 1])) / 2)
-    network = network.to(device)
+    network = _new_network(settings, train_set, train_images).to(device)
     optimizer = _make_optimizer(settings, network.parameters())
-    ema = None
-    if settings.ema_decay > 0:
-        ema = torch.optim.swa_utils.AveragedModel(
-            network, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True)
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.max_epochs) if settings.cosine else None
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=settings.plateau_factor, patience=settings.plateau_patience
-    ) if settings.plateau_factor < 1.0 else None
+    scheduler = _make_scheduler(settings, optimizer)
+    keep_last = settings.schedule == "cosine"
     rng = np.random.default_rng(settings.seed)
     augmenter = BoxAugmenter(settings, seed=settings.seed)
     start_epoch, best_epoch, best_rank, bad_epochs, history = 0, None, None, 0, []
@@ -162,7 +182,7 @@ def train_detector(
             )
         network.load_state_dict(last["network"])
         optimizer.load_state_dict(last["optimizer"])
-        if scheduler is not None and last.get("scheduler"):
+        if scheduler is not None and last.get("scheduler") and saved.schedule == settings.schedule:
             scheduler.load_state_dict(last["scheduler"])
         start_epoch, bad_epochs, history = last["epoch"] + 1, last["bad_epochs"], list(last["history"])
         best_epoch = last["best_epoch"]
@@ -176,9 +196,8 @@ def train_detector(
 
     stopped = "max_epochs"
     bar = tqdm(total=settings.max_epochs, initial=start_epoch, disable=not progress, desc="detector", unit="epoch")
-    epoch = start_epoch - 1
     for epoch in range(start_epoch, settings.max_epochs):
-        if bad_epochs >= settings.patience and not settings.cosine:
+        if not keep_last and bad_epochs >= settings.patience:
             stopped = "early_stopping"
             break
         tic = time.time()
@@ -196,33 +215,30 @@ def train_detector(
             ]
             images = torch.stack([v[0] for v in views]).to(device)
             losses = detector_loss(*network(images), [v[1] for v in views], settings.heatmap_sigma,
-                                   settings.box_weight, settings.box_cells == "inside")
+                                   settings.box_weight)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()
-            if ema is not None:
-                ema.update_parameters(network)
             sums += [float(losses["heatmap"].detach()), float(losses["box"].detach())]
             batches += 1
         if interrupted:
             stopped = "should_stop"
             break
 
-        if cosine is not None:
-            cosine.step()
-        judged = ema.module if ema is not None else network
-        valid = _validate(judged, settings, valid_images, valid_set, device)
+        valid = _validate(network, settings, valid_images, valid_set, device)
         rank = _rank(valid, settings.monitor)
-        if best_rank is None or rank > best_rank or settings.cosine:
+        if keep_last or best_rank is None or rank > best_rank:
             best_rank, best_epoch, bad_epochs = rank, epoch, 0
-            best_state = copy.deepcopy(judged.state_dict())
+            best_state = copy.deepcopy(network.state_dict())
             best_valid = valid
             save_best(out_dir, settings=settings.to_dict(), network_state=best_state, epoch=epoch,
                       monitor=settings.monitor, validation=valid)
         else:
             bad_epochs += 1
-        if scheduler is not None:
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(rank[0])
+        elif scheduler is not None:
+            scheduler.step()
         heatmap_loss, box_loss = (sums / max(batches, 1)).tolist()
         record = {"epoch": epoch, "loss": heatmap_loss + settings.box_weight * box_loss,
                   "heatmap_loss": heatmap_loss, "box_loss": box_loss,
@@ -239,11 +255,11 @@ def train_detector(
         })
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}", **{settings.monitor: f"{valid[settings.monitor]:.3f}"},
-                        best=f"{record['best']:.3f}@{best_epoch}")
+                        kept=f"{record['best']:.3f}@{best_epoch}")
         if on_epoch is not None:
             on_epoch(record)
     else:
-        if bad_epochs >= settings.patience and not settings.cosine:
+        if not keep_last and bad_epochs >= settings.patience:
             stopped = "early_stopping"
     bar.close()
 

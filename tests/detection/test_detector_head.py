@@ -57,9 +57,9 @@ def test_loss_is_low_for_the_right_answer_and_high_for_a_wrong_one():
     grid = (16, 64)
     target = heatmap_targets([box], grid, 1 / 6)
     right_heat = torch.where(target >= 1, 6.0, -6.0)
-    right = detector_loss(right_heat, _edges_for(box, grid), [box], 1 / 6, 1.0, inside=True)
+    right = detector_loss(right_heat, _edges_for(box, grid), [box], 1 / 6, 1.0)
     wrong = detector_loss(torch.flip(right_heat, dims=[-1]), _edges_for((100.0, 4.0, 140.0, 60.0), grid), [box],
-                          1 / 6, 1.0, inside=True)
+                          1 / 6, 1.0)
     assert float(right["box"]) < 1e-3
     assert float(right["loss"]) < 0.1 < float(wrong["heatmap"]) and float(wrong["box"]) > 0.5
 
