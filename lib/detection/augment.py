@@ -75,62 +75,63 @@ def _centre_line(image: np.ndarray, box: Box) -> tuple[float, float]:
     return float(fit[0]), float(fit[1])
 
 
-_PHI_SLOPE = math.exp(0.5)
-"""Slope at 0 of the displacement profile ``phi(u) = u exp((1 - u^2) / 2)`` (maximum 1 at ``u = 1``)."""
+LINE_HALF = 0.1
+"""Assumed half-thickness of a normal recess line, as a fraction of its box height (boxes carry margins)."""
 
 
-def bulge(image: np.ndarray, box: Box, rng: np.random.Generator, stretch: float,
-          reach: float = 0.5, fluid: float = 0.0) -> tuple[np.ndarray, Box]:
-    """Swell a normal recess into a dark lens, as a distended recess looks; the box follows.
+def bulge(image: np.ndarray, box: Box, rng: np.random.Generator, swell: float,
+          fluid: float = 0.0) -> tuple[np.ndarray, Box]:
+    """Swell a normal recess into a lens of fluid, as a distended recess looks; the box follows.
 
-    The rows near the recess's centre line ``c(x)`` (:func:`_centre_line`) are pushed apart: backward map
-    ``source_y = y - D(x) phi((y - c(x)) / T)`` with ``phi(u) = u exp((1 - u^2) / 2)``, ``T = reach`` times the
-    box height and ``D(x)`` a raised-cosine bump over most of the box whose peak stretches the centre line's
-    neighbourhood ``stretch`` times (the map stays monotonic: no folding). Tissue farther than about ``3 T``
-    from the line does not move. Then the lens ``|y - c(x)| < 0.8 D(x)`` is darkened by the factor
-    ``1 - fluid`` (1: anechoic fluid), with a 3-pixel soft edge. The box keeps its x extent; its top and
-    bottom edges are moved as the tissue at them (they stay outside the lens).
+    Along the recess's centre line ``c(x)`` (:func:`_centre_line`) the line (half-thickness ``h0``,
+    :data:`LINE_HALF` of the box height) is stretched into a lens of half-thickness ``h0 + L(x)``, where
+    ``L(x)`` is a bump over most of the box peaking at ``swell`` times the box height, shared between the
+    upper side (a random half to all of it: fluid lifts the tendon more than it pushes the bone) and the
+    lower side; the tissue on each side is pushed away by that side's growth (by all of it up to half a
+    box height beyond the box, then less and less, not at all two box heights from the line), so the
+    rest of the frame keeps its place. The lens is then darkened by the factor ``1 - fluid``
+    (1: anechoic), with a 3-pixel soft edge. The box keeps its x extent; its top and bottom move with
+    the tissue there (by each side's growth at the peak).
 
     Args:
         image: ``(H, W)`` float image in [0, 1]; box: its recess box (pixels, max exclusive).
-        rng: draws where along the box the lens peaks and how far it reaches on each side.
+        rng: draws where along the box the lens peaks, its reach on each side and its profile.
 
     Returns:
-        ``(warped image (H, W) float32, its box)``.
+        ``(swollen image (H, W) float32, its box)``.
     """
     height, width = image.shape
     x0, y0, x1, y1 = (int(v) for v in box)
+    box_height = max(y1 - y0, 2)
     slope, intercept = _centre_line(image, box)
-    spread = max(reach * (y1 - y0), 1.0)
-    peak = spread * (1.0 - 1.0 / stretch) / _PHI_SLOPE  # keeps 1 - D phi'(u) / T > 0: no folding
+    half = LINE_HALF * box_height
+    near = 0.5 * box_height + half  # distance from the line up to which the tissue moves by the full L
+    far = 2.0 * box_height  # distance from the line beyond which nothing moves
     centre = rng.uniform(x0 + 0.3 * (x1 - x0), x1 - 0.3 * (x1 - x0))
-    left, right = (centre - x0) * rng.uniform(0.7, 1.0), (x1 - centre) * rng.uniform(0.7, 1.0)
+    left, right = (centre - x0) * rng.uniform(0.75, 1.0), (x1 - centre) * rng.uniform(0.75, 1.0)
     xs = np.arange(width, dtype=np.float64) + 0.5
     t = np.where(xs < centre, (xs - centre) / max(left, 1.0), (xs - centre) / max(right, 1.0))
-    displacement = np.where(np.abs(t) < 1.0, peak * np.cos(0.5 * np.pi * t) ** 2, 0.0)  # (W,)
+    profile = np.clip(np.cos(0.5 * np.pi * np.clip(t, -1.0, 1.0)), 0.0, None) ** rng.uniform(1.0, 3.0)
+    lens = swell * box_height * profile  # (W,) total growth of the lens's thickness
+    upward = rng.uniform(0.5, 1.0)  # share of the growth above the line (the bone below barely moves)
     line = slope * xs + intercept  # (W,)
     ys = np.arange(height, dtype=np.float64)[:, None] + 0.5
-
-    def phi(u):
-        return u * np.exp(0.5 * (1.0 - u * u))
-
-    source = ys - displacement[None, :] * phi((ys - line[None, :]) / spread)
+    offset = ys - line[None, :]
+    d = np.abs(offset)  # distance from the centre line, (H, W)
+    grow = np.where(offset < 0, upward, 1.0 - upward) * lens[None, :]  # this side's growth, (H, W)
+    lens_edge = half + grow
+    fade = np.clip((far - d) / (far - near), 0.0, 1.0)
+    outside = line[None, :] + np.sign(offset) * (d - grow * fade * fade * (3.0 - 2.0 * fade))
+    inside = line[None, :] + offset * half / lens_edge
+    source = np.where(d < lens_edge, inside, outside)
     coords = np.stack([source - 0.5, np.broadcast_to(xs[None, :] - 0.5, source.shape)])
-    warped = ndimage.map_coordinates(image, coords, order=1, mode="nearest").astype(np.float32)
-    if fluid > 0:  # darken a lens around the centre line, 0.8 D(x) thick on each side: fluid
-        inside = np.clip((0.8 * displacement[None, :] - np.abs(ys - line[None, :])) / 3.0, 0.0, 1.0)
-        warped *= (1.0 - fluid * inside * inside * (3.0 - 2.0 * inside)).astype(np.float32)
-    cols = displacement > 0
-
-    def moved(edge: float) -> float:  # forward map of row `edge`, where it moves most
-        y = np.full(int(cols.sum()), edge, dtype=np.float64)
-        for _ in range(60):  # fixed point of y = edge + D phi((y - c) / T): a contraction since D phi' < T
-            y = edge + displacement[cols] * phi((y - line[cols]) / spread)
-        return float(y.min() if edge < line[cols].mean() else y.max()) if y.size else edge
-
-    new_y0 = min(max(int(np.floor(moved(y0 + 0.5) - 0.5)), 0), y0)
-    new_y1 = max(min(int(np.ceil(moved(y1 - 0.5) + 0.5)), height), y1)
-    return warped, (x0, new_y0, x1, new_y1)
+    swollen = ndimage.map_coordinates(image, coords, order=1, mode="nearest").astype(np.float32)
+    if fluid > 0:
+        depth = np.clip((lens_edge - d) / 3.0, 0.0, 1.0) * (lens[None, :] > 0.5)
+        swollen *= (1.0 - fluid * depth * depth * (3.0 - 2.0 * depth)).astype(np.float32)
+    new_y0 = max(int(np.floor(y0 - upward * lens.max())), 0)
+    new_y1 = min(int(np.ceil(y1 + (1.0 - upward) * lens.max())), height)
+    return swollen, (x0, new_y0, x1, new_y1)
 
 
 class BoxAugmenter:
@@ -162,8 +163,8 @@ class BoxAugmenter:
         if not s.augment:
             return network_image(image, shape), network_box(box, (width, height), shape)
         if s.bulge_fraction > 0 and self.rng.random() < s.bulge_fraction:
-            image, box = bulge(image, box, self.rng, self.rng.uniform(1.5, s.bulge_stretch),
-                               reach=self.rng.uniform(0.4, 0.8), fluid=self.rng.uniform(0.2, 1.0))
+            image, box = bulge(image, box, self.rng, self.rng.uniform(0.05, s.bulge_swell),
+                               fluid=self.rng.uniform(0.3, 1.0))
         zoom = self.rng.uniform(1.0 - s.scale_range, 1.0 + s.scale_range)
         stretch = self.rng.uniform(1.0 - s.stretch_range, 1.0 + s.stretch_range)
         tx, ty = self.rng.uniform(-s.translate_fraction, s.translate_fraction, size=2)

@@ -2,8 +2,9 @@
 
 No real frame of another joint ships with the project, so recess-free frames are made:
 
-- :func:`erase_recess`: a real frame whose recess box is filled with the mirror image of the tissue just
-  above it (cross-faded at the seams): the same anatomy, scanner and speckle, without the recess;
+- :func:`erase_recess`: a real frame whose recess box, widened along the recess, is filled with the
+  mirror image of the tissue just above it (cross-faded at the seams): the same anatomy, scanner and
+  speckle, without the recess;
 - :func:`superficial_view`: the tissue above the recess box (skin, fat, tendon, muscle), stretched to
   the whole frame: layered soft tissue without the recess between fat pads, a stand-in for a scan
   of somewhere else;
@@ -22,14 +23,20 @@ from lib.data.records import Box
 
 FEATHER = 8
 """Width in pixels of the cross-fade around an erased recess box."""
+WIDEN = 0.25
+"""An erased box is first widened by this fraction of its width on each side: annotators often box only
+the clearest stretch of the recess, and what is left of it beyond the box must go too."""
 KINDS = ("erased", "superficial", "speckle", "uniform")
 """The kinds of recess-free frames :func:`negative_frame` makes."""
 
 
-def erase_recess(image: np.ndarray, box: Box, feather: int = FEATHER) -> np.ndarray:
-    """``image`` with its recess box replaced by the mirrored tissue above it (below it near the top)."""
+def erase_recess(image: np.ndarray, box: Box, feather: int = FEATHER, widen: float = WIDEN) -> np.ndarray:
+    """``image`` with its recess box (widened by ``widen`` of its width on each side) replaced by the mirrored
+    tissue above it (below it when there is more room there)."""
     height, width = image.shape
     x0, y0, x1, y1 = (int(v) for v in box)
+    extra = int(round(widen * (x1 - x0)))
+    x0, x1 = max(x0 - extra, 0), min(x1 + extra, width)
     out = image.astype(np.float32, copy=True)
     from_above = y0 >= height - y1
     rows = np.arange(y0, min(y1 + feather, height)) if from_above else np.arange(max(y0 - feather, 0), y1)

@@ -74,10 +74,10 @@ class DetectorSettings:
         negative_fraction: share of training samples replaced by a frame without a recess and no box
             (:mod:`lib.detection.negatives`: the training image with its recess erased, or a uniform or
             speckle frame), so that the detector learns to answer "nothing found".
-        bulge_fraction, bulge_stretch: share of training samples whose recess is swollen into a dark lens
-            (:func:`lib.detection.augment.bulge`: the rows around the recess pushed apart, up to
-            ``bulge_stretch`` times, and darkened like fluid; the box follows), so that a distended recess,
-            never trained on, is still boxed whole.
+        bulge_fraction, bulge_swell: share of training samples whose recess is swollen into a lens of fluid
+            (:func:`lib.detection.augment.bulge`: the line stretched into a lens growing by up to
+            ``bulge_swell`` box heights on each side, the tissue around pushed away, the lens darkened; the box
+            follows), so that a distended recess, never trained on, is still boxed whole.
 
     Inference:
         score_threshold: a box is reported only when its confidence reaches this value; below it the answer
@@ -120,7 +120,7 @@ class DetectorSettings:
     noise_std: float = 0.02
     negative_fraction: float = 0.15
     bulge_fraction: float = 0.3
-    bulge_stretch: float = 6.0
+    bulge_swell: float = 0.6
 
     score_threshold: float | None = None
     flip_test: bool = False
@@ -182,8 +182,8 @@ class DetectorSettings:
         need(number("negative_fraction") and 0.0 <= self.negative_fraction < 1.0, "negative_fraction",
              "must be in [0, 1)")
         need(number("bulge_fraction") and 0.0 <= self.bulge_fraction < 1.0, "bulge_fraction", "must be in [0, 1)")
-        need(number("bulge_stretch") and 1.5 <= self.bulge_stretch <= 20.0, "bulge_stretch",
-             "must be a stretch factor in [1.5, 20]")
+        need(number("bulge_swell") and 0.05 <= self.bulge_swell <= 2.0, "bulge_swell",
+             "must be a fraction of the box height in [0.05, 2]")
         need(self.score_threshold is None or (number("score_threshold") and 0.0 <= self.score_threshold <= 1.0),
              "score_threshold", "must be a confidence in [0, 1], or None for the calibrated floor")
         need(isinstance(self.flip_test, bool), "flip_test", "must be true or false")

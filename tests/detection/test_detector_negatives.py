@@ -10,29 +10,33 @@ from lib.detection.negatives import KINDS, erase_recess, negative_frame, speckle
 
 
 def _frame():
-    """Layered tissue (horizontal bands) with a dark recess line at rows 60-64, columns 40-160."""
+    """Layered tissue (horizontal bands) with a dark recess line at rows 60-64, columns 70-190."""
     rng = np.random.default_rng(0)
     rows = 0.55 + 0.15 * np.sin(np.arange(120) / 3.0)[:, None]
-    image = np.clip(rows + 0.05 * rng.standard_normal((120, 200)), 0, 1).astype(np.float32)
-    image[60:65, 40:160] = 0.02
-    return image, (36, 52, 164, 73)
+    image = np.clip(rows + 0.05 * rng.standard_normal((120, 260)), 0, 1).astype(np.float32)
+    image[60:65, 70:190] = 0.02
+    return image, (66, 52, 194, 73)
 
 
 def test_erasing_the_recess_leaves_no_dark_line_and_keeps_the_rest_of_the_frame():
     image, box = _frame()
     erased = erase_recess(image, box)
     assert erased.shape == image.shape and erased.dtype == np.float32
-    assert image[60:65, 40:160].mean() < 0.05
-    assert erased[60:65, 40:160].mean() > 0.3  # tissue now, not a dark line
+    assert image[60:65, 70:190].mean() < 0.05
+    assert erased[60:65, 70:190].mean() > 0.3  # tissue now, not a dark line
     assert np.array_equal(erased[:52], image[:52])  # above the box: untouched (it is the source)
-    assert np.array_equal(erased[:, :28], image[:, :28]) and np.array_equal(erased[90:], image[90:])
+    # widened by a quarter of the box width (32 px) on each side, plus the 8-px cross-fade
+    assert np.array_equal(erased[:, :66 - 32 - 8], image[:, :66 - 32 - 8])
+    assert np.array_equal(erased[:, 194 + 32 + 8 :], image[:, 194 + 32 + 8 :]) and np.array_equal(erased[90:], image[90:])
+    image[60:65, 40:66] = 0.02  # the recess goes on beyond the box: erased too
+    assert erase_recess(image, box)[60:65, 40:66].mean() > 0.3
 
 
 def test_erasing_near_the_top_mirrors_the_tissue_below():
     image, _ = _frame()
-    image[2:6, 40:160] = 0.02
-    erased = erase_recess(image, (36, 0, 164, 10))
-    assert erased[2:6, 40:160].mean() > 0.3
+    image[2:6, 70:190] = 0.02
+    erased = erase_recess(image, (66, 0, 194, 10), widen=0.0)
+    assert erased[2:6, 70:190].mean() > 0.3
     assert np.array_equal(erased[20:], image[20:])
 
 
@@ -40,8 +44,8 @@ def test_superficial_view_and_speckle_fill_the_frame_without_the_recess():
     image, box = _frame()
     top = superficial_view(image, box)
     assert top.shape == image.shape and top.min() > 0.2  # only the tissue above the line, stretched
-    speckle = speckle_frame(np.random.default_rng(0), (120, 200))
-    assert speckle.shape == (120, 200) and 0.0 <= speckle.min() and speckle.max() <= 1.0 and speckle.std() > 0.02
+    speckle = speckle_frame(np.random.default_rng(0), (120, 260))
+    assert speckle.shape == (120, 260) and 0.0 <= speckle.min() and speckle.max() <= 1.0 and speckle.std() > 0.02
 
 
 def test_every_kind_of_negative_is_made_one_per_image():
