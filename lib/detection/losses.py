@@ -9,9 +9,6 @@
   edge vote uses them); the loss is ``1 - GIoU`` (``monai.data.box_utils.box_pair_giou``) plus the L1
   error of the four edges, measured in box widths along x and box heights along y (so a thin box's height
   counts as much as its length), averaged over each box's cells, then over the boxes of the batch.
-- Quality: the heatmap's second channel learns, for the same cells, the IoU of the box the cell proposes
-  with the true box (binary cross-entropy against that IoU, detached), so that a box likely to be well
-  placed gets a higher confidence and the average precision at strict IoUs ranks it first.
 """
 
 from __future__ import annotations
@@ -57,13 +54,11 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(pos_loss + neg_loss) / pos.sum().clamp(min=1)
 
 
-def box_loss(edges: torch.Tensor, boxes: Sequence, target: torch.Tensor,
-             quality_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(box loss, quality loss)``: ``1 - GIoU`` + relative L1 of the boxes proposed by the cells inside each
-    box, and the binary cross-entropy of the quality channel against those boxes' IoU (see module doc)."""
+def box_loss(edges: torch.Tensor, boxes: Sequence, target: torch.Tensor) -> torch.Tensor:
+    """``1 - GIoU`` + relative L1 of the boxes proposed by the cells inside each box (see module doc)."""
     proposed = cell_boxes(edges)  # (B, 4, h, w)
     x, y = cell_centres(edges.shape[2], edges.shape[3], edges.device)
-    preds, truths, weights, qualities = [], [], [], []
+    preds, truths, weights = [], [], []
     for i, box in enumerate(boxes):
         if box is None:
             continue
@@ -71,41 +66,24 @@ def box_loss(edges: torch.Tensor, boxes: Sequence, target: torch.Tensor,
         preds.append(proposed[i][:, cells].T)
         truths.append(torch.tensor([box], dtype=proposed.dtype, device=proposed.device).expand(int(cells.sum()), 4))
         weights.append(torch.full_like(target[i, 0][cells], 1.0 / float(cells.sum())))
-        if quality_logits is not None:
-            qualities.append(quality_logits[i][cells])
     if not preds:
-        zero = edges.sum() * 0.0
-        return zero, zero + (quality_logits.sum() * 0.0 if quality_logits is not None else 0.0)
+        return edges.sum() * 0.0
     pred, truth, weight = torch.cat(preds), torch.cat(truths), torch.cat(weights)
     giou = box_pair_giou(pred, truth)
     size = (truth[:, 2:] - truth[:, :2]).clamp(min=1.0).repeat(1, 2)
     l1 = ((pred - truth).abs() / size).mean(dim=1)
-    loss = (weight * (1.0 - giou + l1)).sum() / len(preds)
-    if quality_logits is None:
-        return loss, loss * 0.0
-    iou = box_iou_pairs(pred.detach(), truth)
-    bce = F.binary_cross_entropy_with_logits(torch.cat(qualities), iou, reduction="none")
-    return loss, (weight * bce).sum() / len(preds)
-
-
-def box_iou_pairs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of each row of ``a`` ``(N, 4)`` with the same row of ``b`` (boxes ``x_min, y_min, x_max, y_max``)."""
-    wh = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    area = lambda z: (z[:, 2] - z[:, 0]).clamp(min=0) * (z[:, 3] - z[:, 1]).clamp(min=0)  # noqa: E731
-    return inter / (area(a) + area(b) - inter).clamp(min=1e-6)
+    return (weight * (1.0 - giou + l1)).sum() / len(preds)
 
 
 def detector_loss(heat_logits: torch.Tensor, edges: torch.Tensor, boxes: Sequence, sigma_fraction: float,
                   box_weight: float) -> dict[str, torch.Tensor]:
-    """The training loss of a batch: ``{"loss", "heatmap", "box", "quality"}``
-    (``loss = heatmap + box_weight * box + quality``).
+    """The training loss of a batch: ``{"loss", "heatmap", "box"}`` (``loss = heatmap + box_weight * box``).
 
     Args:
         heat_logits, edges: the network's outputs for the batch.
         boxes: per image the box in input pixels, or None for a frame without a recess.
     """
     target = heatmap_targets(boxes, heat_logits.shape[2:], sigma_fraction, heat_logits.device)
-    heat = focal_loss(heat_logits[:, :1], target)
-    box, quality = box_loss(edges, boxes, target, heat_logits[:, 1] if heat_logits.shape[1] > 1 else None)
-    return {"loss": heat + box_weight * box + quality, "heatmap": heat, "box": box, "quality": quality}
+    heat = focal_loss(heat_logits, target)
+    box = box_loss(edges, boxes, target)
+    return {"loss": heat + box_weight * box, "heatmap": heat, "box": box}

@@ -38,11 +38,7 @@ MAX_LOG_DISTANCE = 8.0
 
 
 class RecessNet(nn.Module):
-    """``(B, 1, H', W')`` image -> ``(heatmap logits (B, 2, H'/4, W'/4), log edge distances (B, 4, H'/4, W'/4))``.
-
-    Heatmap channel 0: the cell is the recess centre; channel 1: the IoU of the box the cell proposes
-    with the true box (a quality estimate, so that the confidence ranks well-placed boxes first).
-    """
+    """``(B, 1, H', W')`` image -> ``(heatmap logits (B, 1, H'/4, W'/4), log edge distances (B, 4, H'/4, W'/4))``."""
 
     def __init__(self, settings: DetectorSettings):
         super().__init__()
@@ -66,11 +62,10 @@ class RecessNet(nn.Module):
         )
         norm = ("group", {"num_groups": 4})
         self.heatmap = nn.Sequential(Convolution(2, f, f, kernel_size=3, act="relu", norm=norm),
-                                     nn.Conv2d(f, 2, kernel_size=1))
+                                     nn.Conv2d(f, 1, kernel_size=1))
         self.edges = nn.Sequential(Convolution(2, f, f, kernel_size=3, act="relu", norm=norm),
                                    nn.Conv2d(f, 4, kernel_size=1))
-        with torch.no_grad():
-            self.heatmap[-1].bias.copy_(torch.tensor([-math.log((1 - HEAT_PRIOR) / HEAT_PRIOR), 0.0]))
+        nn.init.constant_(self.heatmap[-1].bias, -math.log((1 - HEAT_PRIOR) / HEAT_PRIOR))
         nn.init.normal_(self.edges[-1].weight, std=0.01)
         nn.init.constant_(self.edges[-1].bias, math.log(4.0))
 
@@ -106,8 +101,8 @@ def cell_boxes(edges: torch.Tensor) -> torch.Tensor:
     return torch.stack([x - distances[:, 0], y - distances[:, 1], x + distances[:, 2], y + distances[:, 3]], dim=1)
 
 
-def decode(heat_logits: torch.Tensor, edges: torch.Tensor, window: int = 3, vote: float = 0.0,
-           quality: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def decode(heat_logits: torch.Tensor, edges: torch.Tensor, window: int = 3,
+           vote: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One box and one confidence per image.
 
     The peak cell of the heatmap is the recess centre; the box is the average of the boxes proposed by
@@ -118,24 +113,19 @@ def decode(heat_logits: torch.Tensor, edges: torch.Tensor, window: int = 3, vote
 
     Returns:
         ``(boxes (B, 4) in input pixels, confidences (B,) in [0, 1])``; the confidence is the peak's
-        heatmap probability, times (``quality``) the predicted IoU averaged like the box.
+        heatmap probability.
     """
     b, _, h, w = heat_logits.shape
     probs = torch.sigmoid(heat_logits[:, 0])
-    ious = torch.sigmoid(heat_logits[:, 1])
     boxes = cell_boxes(edges)
     peak = probs.reshape(b, -1).argmax(dim=1)
     x, y = cell_centres(h, w, edges.device)
-    out, confidences = [], []
+    out = []
     for i in range(b):
         r, c = divmod(int(peak[i]), w)
         r0, r1, c0, c1 = max(r - window, 0), min(r + window + 1, h), max(c - window, 0), min(c + window + 1, w)
         weights = probs[i, r0:r1, c0:c1]
-        total = weights.sum().clamp(min=1e-12)
-        box = (boxes[i, :, r0:r1, c0:c1] * weights).sum(dim=(1, 2)) / total
-        confidence = probs[i, r, c]
-        if quality:
-            confidence = confidence * (ious[i, r0:r1, c0:c1] * weights).sum() / total
+        box = (boxes[i, :, r0:r1, c0:c1] * weights).sum(dim=(1, 2)) / weights.sum().clamp(min=1e-12)
         if vote > 0:
             inside = (x >= box[0]) & (x <= box[2]) & (y >= box[1]) & (y <= box[3])
             inside[r, c] = True
@@ -143,8 +133,6 @@ def decode(heat_logits: torch.Tensor, edges: torch.Tensor, window: int = 3, vote
             cx, cy = x.expand(h, w)[inside], y.expand(h, w)[inside]
             distance = torch.stack([cx - cells[0], cy - cells[1], cells[2] - cx, cells[3] - cy])
             side = torch.stack([box[2] - box[0], box[3] - box[1]]).repeat(2).clamp(min=1.0)[:, None]
-            vote_w = torch.softmax(-distance.clamp(min=0) / (vote * side), dim=1)
-            box = (vote_w * cells).sum(dim=1)
+            box = (torch.softmax(-distance.clamp(min=0) / (vote * side), dim=1) * cells).sum(dim=1)
         out.append(box)
-        confidences.append(confidence)
-    return torch.stack(out), torch.stack(confidences)
+    return torch.stack(out), probs.reshape(b, -1).max(dim=1).values

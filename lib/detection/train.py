@@ -118,8 +118,8 @@ def train_detector(
             otherwise start from scratch.
         progress: show a tqdm progress bar (one step per epoch).
         should_stop: called between batches; returning True ends training after saving what is kept so far.
-        on_epoch: called after every epoch with ``{"epoch", "loss", "heatmap_loss", "box_loss", "quality_loss",
-            "learning_rate", "valid", "best_epoch", "best", "seconds"}`` (``valid``: the validation metrics of that epoch, every
+        on_epoch: called after every epoch with ``{"epoch", "loss", "heatmap_loss", "box_loss", "learning_rate",
+            "valid", "best_epoch", "best", "seconds"}`` (``valid``: the validation metrics of that epoch, every
             image's best box counted; ``learning_rate``: the one the next epoch will use; ``best_epoch``: the
             epoch kept so far).
         device: torch device; CUDA when available if None.
@@ -203,7 +203,7 @@ def train_detector(
         tic = time.time()
         network.train()
         order = rng.permutation(len(train_set))
-        sums, batches, interrupted = np.zeros(3), 0, False
+        sums, batches, interrupted = np.zeros(2), 0, False
         for b in range(0, len(order), settings.batch_size):
             if should_stop is not None and should_stop():
                 interrupted = True
@@ -219,7 +219,7 @@ def train_detector(
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()
-            sums += [float(losses[k].detach()) for k in ("heatmap", "box", "quality")]
+            sums += [float(losses["heatmap"].detach()), float(losses["box"].detach())]
             batches += 1
         if interrupted:
             stopped = "should_stop"
@@ -239,9 +239,9 @@ def train_detector(
             scheduler.step(rank[0])
         elif scheduler is not None:
             scheduler.step()
-        heatmap_loss, box_loss, quality_loss = (sums / max(batches, 1)).tolist()
-        record = {"epoch": epoch, "loss": heatmap_loss + settings.box_weight * box_loss + quality_loss,
-                  "heatmap_loss": heatmap_loss, "box_loss": box_loss, "quality_loss": quality_loss,
+        heatmap_loss, box_loss = (sums / max(batches, 1)).tolist()
+        record = {"epoch": epoch, "loss": heatmap_loss + settings.box_weight * box_loss,
+                  "heatmap_loss": heatmap_loss, "box_loss": box_loss,
                   "learning_rate": optimizer.param_groups[0]["lr"],
                   "valid": valid, "best_epoch": best_epoch, "best": best_valid[settings.monitor],
                   "seconds": time.time() - tic}

@@ -36,16 +36,13 @@ def test_cells_inside_a_box_decode_to_that_box_exactly():
     box = (37.0, 21.5, 171.0, 46.0)
     grid = (16, 64)
     edges = _edges_for(box, grid)
-    heat = torch.full((1, 2, *grid), -8.0)
+    heat = torch.full((1, 1, *grid), -8.0)
     heat[0, 0, 8, 26] = 3.0
     heat[0, 0, 8, 25] = 1.0
-    heat[0, 1] = 0.0  # predicted IoU 0.5 everywhere
     for vote in (0.0, 0.3):
         boxes, confidence = decode(heat, edges, window=3, vote=vote)
         assert boxes[0].tolist() == pytest.approx(list(box), abs=1e-3)
-        # the peak's probability times the predicted IoU
-        assert confidence[0] == pytest.approx(0.5 / (1 + math.exp(-3.0)))
-    assert decode(heat, edges, quality=False)[1][0] == pytest.approx(1 / (1 + math.exp(-3.0)))
+        assert confidence[0] == pytest.approx(1 / (1 + math.exp(-3.0)))  # the peak's probability
 
 
 def test_cell_boxes_are_the_cell_centre_minus_and_plus_the_distances():
@@ -59,25 +56,23 @@ def test_loss_is_low_for_the_right_answer_and_high_for_a_wrong_one():
     box = (40.0, 24.0, 200.0, 48.0)
     grid = (16, 64)
     target = heatmap_targets([box], grid, 1 / 6)
-    right_heat = torch.cat([torch.where(target >= 1, 6.0, -6.0), torch.full_like(target, 8.0)], dim=1)
+    right_heat = torch.where(target >= 1, 6.0, -6.0)
     right = detector_loss(right_heat, _edges_for(box, grid), [box], 1 / 6, 1.0)
     wrong = detector_loss(torch.flip(right_heat, dims=[-1]), _edges_for((100.0, 4.0, 140.0, 60.0), grid), [box],
                           1 / 6, 1.0)
-    assert float(right["box"]) < 1e-3 and float(right["quality"]) < 1e-3  # perfect boxes, IoU 1 predicted
+    assert float(right["box"]) < 1e-3
     assert float(right["loss"]) < 0.1 < float(wrong["heatmap"]) and float(wrong["box"]) > 0.5
-    assert float(wrong["quality"]) > 1.0  # predicted IoU ~1 for boxes that barely overlap
 
 
 def test_a_frame_without_a_recess_trains_only_the_heatmap():
     grid = (8, 16)
     edges = torch.zeros((1, 4, *grid), requires_grad=True)
-    losses = detector_loss(torch.zeros((1, 2, *grid)), edges, [None], 1 / 6, 1.0)
-    assert float(losses["box"].detach()) == 0.0 and float(losses["quality"].detach()) == 0.0
-    assert float(losses["heatmap"].detach()) > 0.0
+    losses = detector_loss(torch.zeros((1, 1, *grid)), edges, [None], 1 / 6, 1.0)
+    assert float(losses["box"].detach()) == 0.0 and float(losses["heatmap"].detach()) > 0.0
 
 
 def test_network_maps_are_a_quarter_of_the_non_square_input():
     settings = DetectorSettings(image_size=128, base_channels=4, fpn_channels=8)
     assert settings.input_shape == (96, 128)
     heat, edges = build_network(settings).eval()(torch.zeros((2, 1, 96, 128)))
-    assert heat.shape == (2, 2, 24, 32) and edges.shape == (2, 4, 24, 32)
+    assert heat.shape == (2, 1, 24, 32) and edges.shape == (2, 4, 24, 32)
