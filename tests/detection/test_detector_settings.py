@@ -31,7 +31,7 @@ def test_quick_preset_is_the_same_recipe_with_fewer_epochs():
         ("schedule", "linear", "cosine, plateau"),
         ("fpn_channels", 10, "multiple of 4"),
         ("score_threshold", 1.5, "[0, 1]"),
-        ("bulge_stretch", 1.0, "[1.5, 20]"),
+        ("bulge_swell", 3.0, "[0.05, 2]"),
         ("edge_vote", -1.0, "[0, 10]"),
     ],
 )
