@@ -71,9 +71,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, metavar="N", help="maximum training epochs (default 1000; --quick 30)")
     parser.add_argument("--patience", type=int, metavar="P", help="early-stopping patience (default 50; --quick 8)")
     parser.add_argument("--image-size", type=int, metavar="S", help="network grid side in pixels (default 256; --quick 64)")
-    parser.add_argument("--detector-epochs", type=int, metavar="N", help="detector epochs (default: --epochs)")
+    parser.add_argument("--detector-epochs", type=int, metavar="N", help="detector epochs (default: the detector preset's, 160; --quick 80)")
     parser.add_argument("--detector-image-size", type=int, metavar="S",
-                        help="detector input side in pixels (default: the detector's preset, 256; --quick 128)")
+                        help="detector input width in pixels (default: the detector's preset, 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds and the training (default 0)")
     parser.add_argument("--quick", action="store_true",
                         help="start from the small CPU presets (small UNet, learning rate 1e-3) instead of the paper's")

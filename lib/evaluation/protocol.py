@@ -96,7 +96,7 @@ class EvaluationConfig:
         image_size: network grid side ``S`` (None = the settings' default).
         seed: seed of the folds and of training.
         quick: start from the small CPU presets (``LorisSettings.quick()``, ``DetectorSettings.quick()``).
-        detector_epochs: detector training length (None = ``epochs``, or the detector's default).
+        detector_epochs: detector training length (None = the detector preset's own: 160, ``quick`` 80).
         detector_image_size: the detector's input side (None = the detector preset's own, independent
             of ``image_size``: the box is found on its grid and mapped back to the image's pixels).
         uniform_percentile: percentile of annotated heights for ``--box uniform``.
@@ -163,8 +163,9 @@ class EvaluationConfig:
         from lib.detection.settings import DetectorSettings
 
         base = DetectorSettings.quick() if self.quick else DetectorSettings()
-        changes = {"max_epochs": self.detector_epochs or self.epochs, "patience": self.patience,
-                   "image_size": self.detector_image_size, "seed": self.seed}
+        # The detector keeps its own schedule (cosine over its preset's epochs, the last epoch kept):
+        # LoRIS's --epochs / --patience are early-stopping budgets of another network and do not apply.
+        changes = {"max_epochs": self.detector_epochs, "image_size": self.detector_image_size, "seed": self.seed}
         data = base.to_dict()
         data.update({k: v for k, v in changes.items() if v is not None})
         return DetectorSettings.from_dict(data, where="detector settings")
