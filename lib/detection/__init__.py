@@ -1,4 +1,4 @@
-"""The recess box detector (monai.apps.detection RetinaNet), trained on normal images only.
+"""The recess box detector (a one-box centre-heatmap network on MONAI blocks), trained on normal images only.
 
 Public API (heavy modules are imported on first use, so ``import lib.detection`` is cheap):
 

@@ -2,14 +2,17 @@
 
 Only normal images with a recess box are trained on (a detector that saw
 distended recesses would leak the anomaly into LoRIS). Patients are split into
-training and validation; early stopping follows the validation mean IoU; the
-best checkpoint (weights + settings) is written atomically to MODEL_DIR/model.pt
-and the resumable state to MODEL_DIR/last.pt. Prints the training summary as
-JSON on stdout (progress on stderr).
+training and validation; the learning rate decays to zero over the epochs
+(cosine) and the last epoch's model is kept (--schedule plateau: early stopping
+on the validation mean IoU, best epoch kept); the confidence floor below which
+the detector answers "nothing found" is calibrated on the validation images.
+The model (weights + settings + floor) is written atomically to
+MODEL_DIR/model.pt and the resumable state to MODEL_DIR/last.pt. Prints the
+training summary as JSON on stdout (progress on stderr).
 
 examples:
   python -m lib train-detector --data data/sample --out runs/detector --quick
-  python -m lib train-detector --data data/sample --out runs/detector --epochs 300 --patience 40 --resume
+  python -m lib train-detector --data data/sample --out runs/detector --epochs 300 --resume
 """
 
 from __future__ import annotations
@@ -21,15 +24,19 @@ import sys
 def configure(parser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder (flat, reference or datastore layout)")
     parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
-    parser.add_argument("--epochs", type=int, metavar="N", help="maximum number of epochs")
-    parser.add_argument("--patience", type=int, metavar="P", help="stop after P epochs without validation improvement")
-    parser.add_argument("--image-size", type=int, metavar="S", help="network input side in pixels (multiple of 32)")
+    parser.add_argument("--epochs", type=int, metavar="N", help="number of epochs (default 160; --quick 80)")
+    parser.add_argument("--schedule", choices=("cosine", "plateau"),
+                        help="cosine (default): decay to zero, keep the last epoch; plateau: early stopping")
+    parser.add_argument("--patience", type=int, metavar="P",
+                        help="--schedule plateau: stop after P epochs without validation improvement")
+    parser.add_argument("--image-size", type=int, metavar="S",
+                        help="network input width in pixels (multiple of 32; the height keeps 4:3)")
     parser.add_argument("--batch-size", type=int, metavar="B", help="images per training step")
     parser.add_argument("--flip", action="store_true",
                         help="also train on horizontally flipped images (only for data that mixes "
                              "proximal-left and proximal-right scans)")
     parser.add_argument("--seed", type=int, help="seed of the patient split, initialisation and augmentations")
-    parser.add_argument("--quick", action="store_true", help="CPU preset: 128 px, at most 40 epochs, patience 10")
+    parser.add_argument("--quick", action="store_true", help="CPU preset: the same recipe, 80 epochs")
     parser.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/last.pt when present")
     parser.add_argument("--threads", type=int, metavar="T", help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -46,6 +53,7 @@ def main(args) -> int:
         torch.set_num_threads(args.threads)
     overrides = {
         "max_epochs": args.epochs,
+        "schedule": args.schedule,
         "patience": args.patience,
         "image_size": args.image_size,
         "batch_size": args.batch_size,

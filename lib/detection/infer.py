@@ -13,14 +13,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 
 from lib.data.records import Box
 from lib.detection.model_files import load_best
-from lib.detection.network import build_detector, build_network
+from lib.detection.network import RecessNet, build_network, decode
 from lib.detection.preprocess import check_image, network_image, original_box
 from lib.detection.settings import DetectorSettings
 from lib.errors import ModelError
+
+DEFAULT_FLOOR = 0.5
+"""Confidence floor of a model that has not been calibrated yet (only while it trains)."""
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,8 @@ class Detection:
     Attributes:
         box: ``(x_min, y_min, x_max, y_max)`` integer pixels of the original image, max exclusive
             (the ``labels.csv`` convention).
-        confidence: the detector's score of that box, in [0, 1].
+        confidence: the detector's confidence that this is the recess, in [0, 1] (the peak of its
+            centre heatmap).
     """
 
     box: Box
@@ -40,25 +43,21 @@ class Detection:
         return {"box": [int(v) for v in self.box], "confidence": float(self.confidence)}
 
 
-def run_network(detector: RetinaNetDetector, batch: torch.Tensor) -> list[tuple[np.ndarray, float] | None]:
-    """Best network-grid box and its score for each ``(1, S, S)`` image of ``batch`` ``(B, 1, S, S)``.
+def predict(network: RecessNet, batch: torch.Tensor, flip_test: bool = False, vote: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes ``(B, 4)`` on the input grid and confidences ``(B,)`` for a ``(B, 1, H', W')`` batch.
 
-    Returns, per image, ``(float box (4,) on the S x S grid, score)`` for the
-    highest-scoring box after NMS, or None when no candidate passed the
-    detector's box-selector floor. The detector is put in eval mode.
+    With ``flip_test`` the horizontally flipped batch is run too; its boxes are flipped back and the two
+    answers averaged (boxes and confidences). The network is put in eval mode.
     """
-    detector.eval()
+    network.eval()
     with torch.no_grad():
-        outputs = detector(batch)
-    best = []
-    for out in outputs:
-        scores = out[detector.pred_score_key]
-        if scores.numel() == 0:
-            best.append(None)
-            continue
-        i = int(torch.argmax(scores))
-        best.append((out[detector.target_box_key][i].detach().cpu().numpy().astype(np.float64), float(scores[i])))
-    return best
+        boxes, confidences = decode(*network(batch), vote=vote)
+        if flip_test:
+            width = batch.shape[-1]
+            flipped, flipped_conf = decode(*network(torch.flip(batch, dims=[-1])), vote=vote)
+            unflipped = torch.stack([width - flipped[:, 2], flipped[:, 1], width - flipped[:, 0], flipped[:, 3]], 1)
+            boxes, confidences = (boxes + unflipped) / 2, (confidences + flipped_conf) / 2
+    return boxes.cpu().numpy().astype(np.float64), confidences.cpu().numpy().astype(np.float64)
 
 
 BLANK_RANGE = 1.0 / 255.0
@@ -71,20 +70,23 @@ def is_blank(image: np.ndarray) -> bool:
 
 
 class RecessDetector:
-    """A trained RetinaNet recess detector (see :mod:`lib.detection.network`).
+    """A trained one-box recess detector (see :mod:`lib.detection.network`).
 
     Attributes:
         settings: the :class:`DetectorSettings` the model was trained with.
-        score_threshold: boxes with a lower confidence are reported as "nothing found".
-        info: what ``model.pt`` says about its training (epoch, monitor, validation metrics).
+        score_threshold: boxes with a lower confidence are reported as "nothing found": the model's
+            calibrated confidence floor, or ``settings.score_threshold`` when that is set.
+        info: what ``model.pt`` says about its training (epoch, monitor, validation metrics, calibration).
     """
 
-    def __init__(self, detector: RetinaNetDetector, settings: DetectorSettings, device: torch.device, info: dict | None = None):
-        self.detector = detector.to(device).eval()
+    def __init__(self, network: RecessNet, settings: DetectorSettings, device: torch.device | str = "cpu",
+                 info: dict | None = None):
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
         self.settings = settings
-        self.device = device
-        self.score_threshold = settings.score_threshold
         self.info = info or {}
+        floor = (self.info.get("calibration") or {}).get("confidence_floor", DEFAULT_FLOOR)
+        self.score_threshold = float(settings.score_threshold if settings.score_threshold is not None else floor)
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> "RecessDetector":
@@ -102,7 +104,7 @@ class RecessDetector:
         except RuntimeError as exc:
             raise ModelError(f"{model_dir}: detector weights do not match their settings ({exc})") from None
         info = {k: v for k, v in data.items() if k not in ("network", "settings")}
-        return cls(build_detector(settings, network), settings, torch.device(device), info)
+        return cls(network, settings, device, info)
 
     def detect(self, image: np.ndarray, min_confidence: float | None = None) -> Detection | None:
         """The recess box of one ``(H, W)`` float image in [0, 1], or None when nothing reaches the threshold.
@@ -115,11 +117,16 @@ class RecessDetector:
         """
         return self.detect_batch([image], min_confidence=min_confidence)[0]
 
+    def confidences(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[float | None]:
+        """The confidence of the best box of each image (None for a blank image), whatever the threshold."""
+        found = self.detect_batch(images, min_confidence=0.0, batch_size=batch_size)
+        return [None if f is None else f.confidence for f in found]
+
     def detect_batch(self, images: Sequence[np.ndarray], min_confidence: float | None = None,
                      batch_size: int = 8) -> list[Detection | None]:
         """:meth:`detect` for several images (any sizes), ``batch_size`` at a time through the network."""
         threshold = self.score_threshold if min_confidence is None else float(min_confidence)
-        size = self.settings.image_size
+        shape = self.settings.input_shape
         checked = [check_image(im, f"image {i}") for i, im in enumerate(images)]
         results: list[Detection | None] = [None] * len(checked)
         # A blank image (intensity range under one 8-bit grey level) has no structure, hence no recess:
@@ -127,10 +134,11 @@ class RecessDetector:
         todo = [i for i, im in enumerate(checked) if not is_blank(im)]
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            batch = torch.stack([network_image(checked[i], size) for i in chunk]).to(self.device)
-            for i, best in zip(chunk, run_network(self.detector, batch)):
-                if best is None or best[1] < threshold:
+            batch = torch.stack([network_image(checked[i], shape) for i in chunk]).to(self.device)
+            boxes, confidences = predict(self.network, batch, self.settings.flip_test, self.settings.edge_vote)
+            for i, box, confidence in zip(chunk, boxes, confidences):
+                if confidence < threshold:
                     continue
                 height, width = checked[i].shape
-                results[i] = Detection(box=original_box(best[0], (width, height), size), confidence=best[1])
+                results[i] = Detection(box=original_box(box, (width, height), shape), confidence=float(confidence))
         return results

@@ -3,7 +3,8 @@
 Layout of ``MODEL_DIR``::
 
     model.pt       the best checkpoint, self-contained: {"format", "version", "settings",
-                   "network" (state dict), "epoch", "monitor", "validation"}; written to a
+                   "network" (state dict), "epoch", "monitor", "validation", "calibration"
+                   (the confidence floor and what it was fitted on)}; written to a
                    temporary file and renamed, so it is never half-written
     detector.json  the same information without weights, plus the training summary (for people)
     last.pt        the state after the latest epoch (network, optimizer, early-stopping state,
@@ -25,7 +26,8 @@ from lib.data.atomic import write_bytes, write_json
 from lib.errors import ModelError, NotTrainedError
 
 FORMAT = "loris-recess-detector"
-VERSION = 1
+VERSION = 2
+"""Version 1 was the RetinaNet detector (other network, no calibrated floor): such folders must be retrained."""
 BEST = "model.pt"
 LAST = "last.pt"
 INFO = "detector.json"
@@ -38,11 +40,14 @@ def _save_torch(path: Path, obj) -> None:
 
 
 def save_best(model_dir: str | os.PathLike, *, settings: dict, network_state: dict, epoch: int, monitor: str,
-              validation: dict) -> None:
-    """Write ``model.pt`` (weights + settings) atomically, then ``detector.json``."""
+              validation: dict, calibration: dict | None = None) -> None:
+    """Write ``model.pt`` (weights + settings) atomically, then ``detector.json``.
+
+    ``calibration`` is None while training runs (the floor is fitted on the best model at the end).
+    """
     model_dir = Path(model_dir)
     info = {"format": FORMAT, "version": VERSION, "settings": settings, "epoch": epoch, "monitor": monitor,
-            "validation": validation}
+            "validation": validation, "calibration": calibration}
     _save_torch(model_dir / BEST, {**info, "network": network_state})
     write_json(model_dir / INFO, info)
 
@@ -67,7 +72,8 @@ def _load(path: Path) -> dict:
     if data.get("version") != VERSION:
         raise ModelError(
             f"{path}: detector format version {data.get('version')!r} is not supported by this code "
-            f"(expected {VERSION}); retrain with `python -m lib train-detector`"
+            f"(expected {VERSION}: the detector's network changed); retrain it with "
+            f"`python -m lib train-detector --data DATA_DIR --out {path.parent}`"
         )
     return data
 

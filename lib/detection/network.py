@@ -1,18 +1,20 @@
-"""The recess detector network: ``monai.apps.detection`` RetinaNet on a small MONAI ResNet + FPN.
+"""The recess detector network: a small MONAI ResNet + FPN with a one-box ("centre heatmap") head.
 
-Single class ("recess"), 2D, one grayscale channel, trained from scratch (no
-pretrained weights). Built entirely from MONAI parts:
+An image holds exactly one recess, so the network does not enumerate anchors
+and suppress duplicates as a multi-object detector must; it answers one
+question per cell of a stride-4 grid: "is this the centre of the recess, and
+if so where are its four edges?"
 
-- backbone: ``monai.networks.nets.resnet.ResNet`` (basic blocks, stages
-  ``c, 2c, 4c, 8c``), with feature maps of stages 1-3 (strides 4, 8, 16) fed
-  to ``monai.networks.blocks.backbone_fpn_utils.BackboneWithFPN`` plus a
-  ``LastLevelMaxPool`` level (stride 32). This is exactly what
-  ``resnet_fpn_feature_extractor`` assembles, except that helper fixes the FPN
-  width to 256 channels, far too heavy for the CPU this project trains on;
-  here the width is the ``fpn_channels`` setting.
-- ``RetinaNet`` heads, ``AnchorGeneratorWithAnchorShape`` anchors,
-- ``RetinaNetDetector`` with the ATSS matcher, the hard-negative sampler, a
-  GIoU (or smooth-L1) box loss and NMS box selection.
+- backbone: ``monai.networks.nets.resnet.ResNet`` (basic blocks, stages ``c, 2c, 4c, 8c`` at strides
+  4, 8, 16, 32) whose four stages feed ``monai.networks.blocks.backbone_fpn_utils.BackboneWithFPN``;
+  the FPN's finest level (stride 4, ``fpn_channels`` channels) carries the coarse levels' context
+  (a receptive field wider than the recess) at a quarter of the input resolution;
+- two heads of MONAI ``Convolution`` blocks (3x3 conv, GroupNorm, ReLU) and a 1x1 convolution:
+  ``heatmap`` (one logit per cell: the cell is the recess centre) and ``edges`` (per cell the log
+  distances, in cells, from the cell centre to the box's left, top, right and bottom edges; FCOS-style,
+  so sub-cell positions need no separate offset).
+
+:func:`decode` turns the two maps into one box and one confidence per image.
 """
 
 from __future__ import annotations
@@ -20,96 +22,117 @@ from __future__ import annotations
 import math
 
 import torch
-from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
-from monai.apps.detection.networks.retinanet_network import RetinaNet
-from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
-from monai.losses.giou_loss import BoxGIoULoss
+from monai.networks.blocks import Convolution
 from monai.networks.blocks.backbone_fpn_utils import BackboneWithFPN
-from monai.networks.blocks.feature_pyramid_network import LastLevelMaxPool
 from monai.networks.nets import resnet
+from torch import nn
 
 from lib.detection.settings import DetectorSettings
 
-CLASSES = ("recess",)
-RETURNED_LAYERS = (1, 2, 3)
-"""ResNet stages fed to the FPN: strides 4, 8, 16; the extra max-pool level adds stride 32."""
-LEVEL_SCALES = (1, 2, 4, 8)
-"""Anchor size multiplier of each FPN level (finest first), matching the level strides 4, 8, 16, 32."""
+OUTPUT_STRIDE = 4
+"""Input pixels per cell of the heatmap and edge maps (the FPN's finest level)."""
+HEAT_PRIOR = 0.01
+"""Initial probability of every heatmap cell (RetinaNet/CenterNet focal-loss initialisation)."""
+MAX_LOG_DISTANCE = 8.0
+"""Clamp of the predicted log distances (e^8 cells is far beyond any image)."""
 
 
-def anchor_shapes(settings: DetectorSettings) -> list[tuple[float, float]]:
-    """Anchor ``(width, height)`` shapes of the finest level, in network pixels.
+class RecessNet(nn.Module):
+    """``(B, 1, H', W')`` image -> ``(heatmap logits (B, 1, H'/4, W'/4), log edge distances (B, 4, H'/4, W'/4))``."""
 
-    Each aspect ratio ``r = width / height`` keeps the area of a square of side
-    ``anchor_size * S``: ``width = side * sqrt(r)``, ``height = side / sqrt(r)``.
+    def __init__(self, settings: DetectorSettings):
+        super().__init__()
+        c, f = settings.base_channels, settings.fpn_channels
+        backbone = resnet.ResNet(
+            block="basic",
+            layers=[settings.blocks_per_stage] * 4,
+            block_inplanes=[c, 2 * c, 4 * c, 8 * c],
+            spatial_dims=2,
+            n_input_channels=1,
+            conv1_t_size=7,
+            conv1_t_stride=2,
+            feed_forward=False,
+        )
+        self.features = BackboneWithFPN(
+            backbone,
+            return_layers={f"layer{k}": str(k - 1) for k in (1, 2, 3, 4)},
+            in_channels_list=[c, 2 * c, 4 * c, 8 * c],
+            out_channels=f,
+            spatial_dims=2,
+        )
+        norm = ("group", {"num_groups": 4})
+        self.heatmap = nn.Sequential(Convolution(2, f, f, kernel_size=3, act="relu", norm=norm),
+                                     nn.Conv2d(f, 1, kernel_size=1))
+        self.edges = nn.Sequential(Convolution(2, f, f, kernel_size=3, act="relu", norm=norm),
+                                   nn.Conv2d(f, 4, kernel_size=1))
+        nn.init.constant_(self.heatmap[-1].bias, -math.log((1 - HEAT_PRIOR) / HEAT_PRIOR))
+        nn.init.normal_(self.edges[-1].weight, std=0.01)
+        nn.init.constant_(self.edges[-1].bias, math.log(4.0))
+
+    def init_edges(self, half_width: float, half_height: float) -> None:
+        """Start every cell's proposal at a box of the given half sizes (input pixels), e.g. the training
+        boxes' median, instead of a 4-cell square."""
+        bias = self.edges[-1].bias
+        with torch.no_grad():
+            bias.copy_(torch.tensor([half_width, half_height, half_width, half_height]).div(OUTPUT_STRIDE).log())
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        level = self.features(images)["0"]
+        return self.heatmap(level), self.edges(level).clamp(max=MAX_LOG_DISTANCE)
+
+
+def build_network(settings: DetectorSettings) -> RecessNet:
+    """A new (randomly initialised) network for the settings."""
+    return RecessNet(settings)
+
+
+def cell_centres(height: int, width: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input-pixel coordinates ``(x (1, w), y (h, 1))`` of the centres of a ``h x w`` output grid."""
+    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) * OUTPUT_STRIDE
+    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) * OUTPUT_STRIDE
+    return xs[None, :], ys[:, None]
+
+
+def cell_boxes(edges: torch.Tensor) -> torch.Tensor:
+    """Log edge distances ``(B, 4, h, w)`` -> the box each cell proposes, ``(B, 4, h, w)`` in input pixels
+    ``(x_min, y_min, x_max, y_max)``."""
+    distances = torch.exp(edges) * OUTPUT_STRIDE
+    x, y = cell_centres(edges.shape[2], edges.shape[3], edges.device)
+    return torch.stack([x - distances[:, 0], y - distances[:, 1], x + distances[:, 2], y + distances[:, 3]], dim=1)
+
+
+def decode(heat_logits: torch.Tensor, edges: torch.Tensor, window: int = 3,
+           vote: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One box and one confidence per image.
+
+    The peak cell of the heatmap is the recess centre; the box is the average of the boxes proposed by
+    the cells within ``window`` cells of the peak, weighted by their heatmap probability. With ``vote``
+    > 0 each edge is then re-estimated by the cells inside that box, each weighted by
+    ``exp(-d / (vote * side))`` where ``d`` is its predicted distance to that edge: cells near an edge see
+    it at the finest scale.
+
+    Returns:
+        ``(boxes (B, 4) in input pixels, confidences (B,) in [0, 1])``; the confidence is the peak's
+        heatmap probability.
     """
-    side = settings.anchor_size * settings.image_size
-    return [(side * math.sqrt(r), side / math.sqrt(r)) for r in settings.anchor_aspect_ratios]
-
-
-def build_network(settings: DetectorSettings) -> RetinaNet:
-    """The trainable part: ResNet + FPN feature extractor and RetinaNet heads, for ``(B, 1, S, S)`` inputs."""
-    c = settings.base_channels
-    backbone = resnet.ResNet(
-        block="basic",
-        layers=[settings.blocks_per_stage] * 4,
-        block_inplanes=[c, 2 * c, 4 * c, 8 * c],
-        spatial_dims=2,
-        n_input_channels=1,
-        conv1_t_size=7,
-        conv1_t_stride=2,
-        feed_forward=False,
-    )
-    feature_extractor = BackboneWithFPN(
-        backbone,
-        return_layers={f"layer{k}": str(i) for i, k in enumerate(RETURNED_LAYERS)},
-        in_channels_list=[c * 2 ** (k - 1) for k in RETURNED_LAYERS],
-        out_channels=settings.fpn_channels,
-        spatial_dims=2,
-        extra_blocks=LastLevelMaxPool(2),
-    )
-    # conv1 (stride 2) and the max-pool (stride 2) before stage 1, then one halving per later stage,
-    # and one more for the extra level: inputs must divide by 2 * 2 * 2**max(RETURNED_LAYERS) = 32.
-    size_divisible = 2 * 2 * 2 ** max(RETURNED_LAYERS)
-    return RetinaNet(
-        spatial_dims=2,
-        num_classes=len(CLASSES),
-        num_anchors=len(settings.anchor_aspect_ratios),
-        feature_extractor=feature_extractor,
-        size_divisible=size_divisible,
-    )
-
-
-def build_detector(settings: DetectorSettings, network: RetinaNet | None = None) -> RetinaNetDetector:
-    """A ``RetinaNetDetector`` configured for training and inference.
-
-    Args:
-        settings: the detector settings (anchors, matcher, sampler, loss, NMS).
-        network: an existing network (e.g. with loaded weights); a new one is built when None.
-
-    The detector's own box selector keeps every candidate above a small floor
-    (0.01) so that callers can apply their own ``score_threshold`` and metrics
-    can rank low-confidence boxes too.
-    """
-    network = network if network is not None else build_network(settings)
-    anchors = AnchorGeneratorWithAnchorShape(feature_map_scales=LEVEL_SCALES, base_anchor_shapes=anchor_shapes(settings))
-    detector = RetinaNetDetector(network, anchors)
-    detector.set_atss_matcher(num_candidates=settings.atss_candidates, center_in_gt=False)
-    detector.set_hard_negative_sampler(
-        batch_size_per_image=settings.sampler_per_image,
-        positive_fraction=settings.sampler_positive_fraction,
-        min_neg=settings.sampler_min_negatives,
-        pool_size=settings.sampler_pool_size,
-    )
-    if settings.box_loss == "giou":
-        detector.set_box_regression_loss(BoxGIoULoss(reduction="mean"), encode_gt=False, decode_pred=True)
-    else:
-        detector.set_box_regression_loss(torch.nn.SmoothL1Loss(beta=1.0 / 9, reduction="mean"), encode_gt=True, decode_pred=False)
-    detector.set_box_selector_parameters(
-        score_thresh=0.01,
-        topk_candidates_per_level=100,
-        nms_thresh=settings.nms_threshold,
-        detections_per_img=10,
-        apply_sigmoid=True,
-    )
-    return detector
+    b, _, h, w = heat_logits.shape
+    probs = torch.sigmoid(heat_logits[:, 0])
+    boxes = cell_boxes(edges)
+    peak = probs.reshape(b, -1).argmax(dim=1)
+    x, y = cell_centres(h, w, edges.device)
+    out = []
+    for i in range(b):
+        r, c = divmod(int(peak[i]), w)
+        r0, r1, c0, c1 = max(r - window, 0), min(r + window + 1, h), max(c - window, 0), min(c + window + 1, w)
+        weights = probs[i, r0:r1, c0:c1]
+        box = (boxes[i, :, r0:r1, c0:c1] * weights).sum(dim=(1, 2)) / weights.sum().clamp(min=1e-12)
+        if vote > 0:
+            inside = (x >= box[0]) & (x <= box[2]) & (y >= box[1]) & (y <= box[3])
+            inside[r, c] = True
+            cells = boxes[i][:, inside]  # (4, n)
+            cx, cy = x.expand(h, w)[inside], y.expand(h, w)[inside]
+            distance = torch.stack([cx - cells[0], cy - cells[1], cells[2] - cx, cells[3] - cy])
+            side = torch.stack([box[2] - box[0], box[3] - box[1]]).repeat(2).clamp(min=1.0)[:, None]
+            box = (torch.softmax(-distance.clamp(min=0) / (vote * side), dim=1) * cells).sum(dim=1)
+        out.append(box)
+    return torch.stack(out), probs.reshape(b, -1).max(dim=1).values

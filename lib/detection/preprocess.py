@@ -1,15 +1,11 @@
 """Image and box preparation for the detector, shared by training, validation and inference.
 
-The detector sees an image resized (not padded) to ``S x S`` with values in
-``[0, 1]``, and the recess box scaled the same way (the LoRIS convention,
-:func:`lib.data.geometry.to_network` / :func:`~lib.data.geometry.from_network`).
-
-Axis order: ``monai.apps.detection`` reads a box ``[x_min, y_min, x_max, y_max]``
-along the tensor's spatial axes *in order* (first spatial axis = "x"). Our
-images are ``(H, W)`` arrays (row = y). So the network tensor is the transposed
-image, ``(1, W', H')`` = ``(1, S, S)`` with axes ``(x, y)``; then a box of the
-project convention is a MONAI ``StandardMode`` box as it is, with no coordinate
-swapping anywhere.
+The detector sees an image resized (not padded) to its input grid of
+``(H', W')`` pixels (:attr:`DetectorSettings.input_shape`, e.g. 192 x 256),
+values in ``[0, 1]``, as a ``(1, H', W')`` tensor (rows = y, columns = x, as the
+image). A box ``(x_min, y_min, x_max, y_max)`` is scaled by ``W' / W`` along x
+and ``H' / H`` along y; the way back rounds to whole pixels of the original
+image and gives back every integer box exactly.
 """
 
 from __future__ import annotations
@@ -18,7 +14,7 @@ import numpy as np
 import torch
 from monai.transforms import Resize
 
-from lib.data.geometry import FloatBox, from_network, to_network
+from lib.data.geometry import FloatBox, scale_box
 from lib.data.records import Box
 from lib.errors import DataError
 
@@ -36,22 +32,31 @@ def check_image(image, where: str = "image") -> np.ndarray:
     return np.clip(array, 0.0, 1.0)
 
 
-def network_image(image: np.ndarray, size: int) -> torch.Tensor:
-    """``(H, W)`` float image in [0, 1] -> ``(1, S, S)`` float32 tensor with axes ``(x, y)``.
+def network_image(image: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+    """``(H, W)`` float image in [0, 1] -> ``(1, H', W')`` float32 tensor, ``shape = (H', W')``.
 
     Area interpolation (``monai.transforms.Resize(mode="area")``): the average of
     the covered pixels, the same whether the image is shrunk or enlarged.
     """
-    resized = Resize((size, size), mode="area")(np.ascontiguousarray(image.T)[None])
+    resized = Resize(tuple(shape), mode="area")(np.ascontiguousarray(image)[None])
     tensor = torch.as_tensor(np.asarray(resized), dtype=torch.float32)
     return tensor.clamp_(0.0, 1.0)
 
 
-def network_box(box: Box, image_size: tuple[int, int], size: int) -> FloatBox:
-    """Box in the original ``(W, H)`` image -> float box on the ``S x S`` network grid (MONAI StandardMode)."""
-    return to_network(box, image_size, size)
+def network_box(box: Box, image_size: tuple[int, int], shape: tuple[int, int]) -> FloatBox:
+    """Box in the original ``image_size = (W, H)`` image -> float box on the ``shape = (H', W')`` input grid."""
+    return scale_box(box, image_size, (shape[1], shape[0]))
 
 
-def original_box(box, image_size: tuple[int, int], size: int) -> Box:
-    """Float box on the ``S x S`` network grid -> integer box in the original ``(W, H)`` image (max exclusive)."""
-    return from_network(tuple(float(v) for v in box), image_size, size)
+def original_box(box, image_size: tuple[int, int], shape: tuple[int, int]) -> Box:
+    """Float box on the ``shape = (H', W')`` input grid -> integer box in the original ``(W, H)`` image.
+
+    Rounds to the nearest pixel and clips to the image, keeping at least one pixel (max exclusive).
+    """
+    w, h = image_size
+    x0, y0, x1, y1 = scale_box(tuple(float(v) for v in box), (shape[1], shape[0]), image_size)
+    x0 = min(max(int(round(x0)), 0), w - 1)
+    y0 = min(max(int(round(y0)), 0), h - 1)
+    x1 = min(max(int(round(x1)), x0 + 1), w)
+    y1 = min(max(int(round(y1)), y0 + 1), h)
+    return (x0, y0, x1, y1)

@@ -7,7 +7,8 @@ back from it, so that inference rebuilds exactly the trained network.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, fields, replace
 
 from lib.errors import DataError
 
@@ -16,68 +17,91 @@ MONITORS = ("mean_iou", "map50", "map75")
 
 OPTIMIZERS = ("adam", "sgd")
 
+SCHEDULES = ("cosine", "plateau")
+
+STRIDE = 32
+"""The network input's sides must divide by this (the coarsest backbone stage)."""
+
 
 @dataclass
 class DetectorSettings:
-    """Settings of the RetinaNet recess detector.
+    """Settings of the single-box recess detector (see :mod:`lib.detection.network`).
 
     Geometry:
-        image_size: side ``S`` of the square network input; images are resized (not padded) to ``S x S``.
-            Must be a multiple of 32 (the coarsest feature map is ``S / 32``).
+        image_size: width ``S`` of the network input in pixels, a multiple of 32. Images are resized (not
+            padded) to ``S x S_h``.
+        image_aspect: height / width of the network input; its height ``S_h`` is ``S * image_aspect`` rounded
+            to a multiple of 32 (at least 32). 0.75 keeps the 4:3 shape of the 640 x 480 frames scanners
+            export, so a recess is not squashed: ``256`` gives a 256 x 192 input.
 
-    Network (``monai.apps.detection`` RetinaNet on a small MONAI ResNet + FPN, trained from scratch):
+    Network (a small MONAI ResNet + FPN, trained from scratch, and a one-box head at stride 4):
         base_channels: channels of the first ResNet stage; stages have ``c, 2c, 4c, 8c``.
         blocks_per_stage: basic residual blocks in each of the four ResNet stages.
-        fpn_channels: channels of every FPN level and of the heads (multiple of 8: GroupNorm(8) in the heads).
-        anchor_size: side of a square anchor of the finest level, as a fraction of ``S``. Levels are at
-            strides 4, 8, 16, 32 and their anchors are 1x, 2x, 4x, 8x this size.
-        anchor_aspect_ratios: anchor width / height. Normal recesses are wide, flat boxes (4:1, 2:1);
-            distended ones are taller (1:1). Each ratio keeps the area of the square anchor.
+        fpn_channels: channels of the FPN and of the head (multiple of 4: GroupNorm(4) in the head).
+
+    Targets, losses and decoding (:mod:`lib.detection.losses`, :func:`lib.detection.network.decode`):
+        heatmap_sigma: the centre heatmap's Gaussian has, along each axis, a standard deviation of this
+            fraction of the box side (an elongated Gaussian for an elongated box).
+        box_weight: weight of the box loss (GIoU + L1 of the edges) against the heatmap's focal loss.
+        edge_vote: each edge of the answer is re-estimated by the cells inside the box, weighted by
+            ``exp(-distance to that edge / (edge_vote * box side))``; 0 keeps the centre cells' box.
 
     Training (normal images only):
-        max_epochs, patience: early stopping on the validation ``monitor`` (higher is better).
+        max_epochs: number of epochs (``cosine``) or their maximum (``plateau``).
+        schedule: ``"cosine"``: the learning rate decays to 0 over ``max_epochs`` and the last epoch's model is
+            kept; ``"plateau"``: constant learning rate (see ``plateau_*``), early stopping after ``patience``
+            epochs without improvement of the validation ``monitor``, the best epoch's model is kept.
+        patience, monitor: early stopping of the ``plateau`` schedule (``monitor`` is higher-is-better and
+            is also what the training summary reports).
         batch_size, learning_rate, weight_decay, optimizer.
-        plateau_patience, plateau_factor: the learning rate is multiplied by ``plateau_factor`` after
-            ``plateau_patience`` epochs without validation improvement (``ReduceLROnPlateau``); factor 1 (the
-            default) disables it: on the sample data (fold 0, quick preset) a factor 0.3 after 4 epochs stopped
-            earlier and did not improve the held-out mean IoU (0.571 vs 0.579).
+        plateau_patience, plateau_factor: (``plateau`` schedule) the learning rate is multiplied by
+            ``plateau_factor`` after ``plateau_patience`` epochs without validation improvement; factor 1
+            disables it.
         valid_fraction: share of patients held out for validation when no validation set is given.
         seed: for the split, the initialisation and the augmentations.
-        atss_candidates: ATSS matcher candidates per level (``monai`` ``ATSSMatcher(num_candidates)``).
-        sampler_per_image, sampler_positive_fraction, sampler_min_negatives, sampler_pool_size:
-            hard-negative sampler (``monai`` ``HardNegativeSampler``).
-        box_loss: ``"giou"`` (``monai`` ``BoxGIoULoss`` on decoded boxes) or ``"smooth_l1"`` (on encoded deltas).
 
     Augmentation (keeps the box exact: geometry is applied to image and box together):
         augment: switch everything below off at once.
         scale_range: zoom factor drawn uniformly in ``[1 - r, 1 + r]`` (>1 zooms in).
+        stretch_range: an extra vertical zoom drawn in ``[1 - r, 1 + r]`` (taller or flatter recesses:
+            distended recesses, never trained on, are taller).
         translate_fraction: shift of the crop window, as a fraction of the image side.
         flip: horizontal flip with probability 0.5. Off by default: in a longitudinal knee scan the
             proximal/distal direction is an acquisition convention, so flipping is only valid for a
             dataset that mixes both conventions.
         gain_range: intensity gain drawn in ``[1 - g, 1 + g]``; gamma_range: gamma drawn in ``[1 - r, 1 + r]``;
         noise_std: std of additive Gaussian noise (image in [0, 1]).
-        negative_fraction: share of training samples replaced by a recess-free image (a uniform level with
-            or without speckle-like noise) with no box, so that the detector learns to answer "nothing
-            found" rather than to place a box on any image.
+        negative_fraction: share of training samples replaced by a frame without a recess and no box
+            (:mod:`lib.detection.negatives`: the training image with its recess erased, or a uniform or
+            speckle frame), so that the detector learns to answer "nothing found".
+        bulge_fraction, bulge_swell: share of training samples whose recess is swollen into a lens of fluid
+            (:func:`lib.detection.augment.bulge`: the line stretched into a lens growing by up to
+            ``bulge_swell`` box heights on each side, the tissue around pushed away, the lens darkened; the box
+            follows), so that a distended recess, never trained on, is still boxed whole.
 
     Inference:
-        score_threshold: a box is reported only when its confidence reaches this value; below it the
-            answer is "nothing found".
-        nms_threshold: IoU of non-maximum suppression among candidate boxes.
+        score_threshold: a box is reported only when its confidence reaches this value; below it the answer
+            is "nothing found". None (the default): the confidence floor calibrated on the validation images
+            at the end of training (:mod:`lib.detection.calibrate`).
+        flip_test: also run the horizontally flipped image and average the two boxes (test-time
+            augmentation; twice the inference cost). Useful only for a model trained with ``flip``.
     """
 
     image_size: int = 256
+    image_aspect: float = 0.75
     base_channels: int = 16
     blocks_per_stage: int = 1
     fpn_channels: int = 32
-    anchor_size: float = 1.0 / 16.0
-    anchor_aspect_ratios: tuple[float, ...] = (4.0, 2.0, 1.0)
 
-    max_epochs: int = 200
-    patience: int = 25
-    batch_size: int = 4
-    learning_rate: float = 1e-3
+    heatmap_sigma: float = 1.0 / 6.0
+    box_weight: float = 1.0
+    edge_vote: float = 0.3
+
+    max_epochs: int = 160
+    schedule: str = "cosine"
+    patience: int = 30
+    batch_size: int = 8
+    learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     optimizer: str = "adam"
     plateau_patience: int = 8
@@ -85,28 +109,30 @@ class DetectorSettings:
     valid_fraction: float = 0.2
     seed: int = 0
     monitor: str = "mean_iou"
-    atss_candidates: int = 4
-    sampler_per_image: int = 64
-    sampler_positive_fraction: float = 0.3
-    sampler_min_negatives: int = 16
-    sampler_pool_size: float = 20.0
-    box_loss: str = "giou"
 
     augment: bool = True
     scale_range: float = 0.15
+    stretch_range: float = 0.2
     translate_fraction: float = 0.08
     flip: bool = False
     gain_range: float = 0.2
     gamma_range: float = 0.25
     noise_std: float = 0.02
-    negative_fraction: float = 0.2
+    negative_fraction: float = 0.15
+    bulge_fraction: float = 0.3
+    bulge_swell: float = 0.6
 
-    score_threshold: float = 0.3
-    nms_threshold: float = 0.3
+    score_threshold: float | None = None
+    flip_test: bool = False
 
     def __post_init__(self) -> None:
-        self.anchor_aspect_ratios = tuple(float(r) for r in self.anchor_aspect_ratios)
         self.validate()
+
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """``(height, width)`` of the network input in pixels."""
+        height = max(STRIDE, int(math.floor(self.image_size * self.image_aspect / STRIDE + 0.5)) * STRIDE)
+        return height, self.image_size
 
     def validate(self) -> None:
         """Raise :class:`DataError` naming the first bad field, its value and what is allowed."""
@@ -115,50 +141,67 @@ class DetectorSettings:
             if not ok:
                 raise DataError(f"detector setting {name}={getattr(self, name)!r}: {what}")
 
-        need(isinstance(self.image_size, int) and self.image_size >= 32 and self.image_size % 32 == 0,
+        def number(name: str) -> bool:
+            value = getattr(self, name)
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+        need(isinstance(self.image_size, int) and self.image_size >= STRIDE and self.image_size % STRIDE == 0,
              "image_size", "must be a positive multiple of 32 (e.g. 128, 256)")
-        need(self.base_channels >= 4, "base_channels", "must be at least 4")
-        need(self.blocks_per_stage >= 1, "blocks_per_stage", "must be at least 1")
-        need(self.fpn_channels >= 8 and self.fpn_channels % 8 == 0, "fpn_channels", "must be a positive multiple of 8")
-        need(0.0 < self.anchor_size <= 0.5, "anchor_size", "must be a fraction of the image side in (0, 0.5]")
-        need(len(self.anchor_aspect_ratios) >= 1 and all(r > 0 for r in self.anchor_aspect_ratios),
-             "anchor_aspect_ratios", "must be one or more positive width/height ratios")
-        need(self.max_epochs >= 1, "max_epochs", "must be at least 1")
-        need(self.patience >= 1, "patience", "must be at least 1")
-        need(self.batch_size >= 1, "batch_size", "must be at least 1")
-        need(self.learning_rate > 0, "learning_rate", "must be positive")
-        need(self.weight_decay >= 0, "weight_decay", "must be zero or positive")
-        need(self.plateau_patience >= 1, "plateau_patience", "must be at least 1")
-        need(0.0 < self.plateau_factor <= 1.0, "plateau_factor", "must be in (0, 1] (1 disables the decay)")
+        need(number("image_aspect") and 0.25 <= self.image_aspect <= 4.0, "image_aspect",
+             "must be a height / width ratio in [0.25, 4]")
+        need(isinstance(self.base_channels, int) and self.base_channels >= 4, "base_channels", "must be at least 4")
+        need(isinstance(self.blocks_per_stage, int) and self.blocks_per_stage >= 1, "blocks_per_stage",
+             "must be at least 1")
+        need(isinstance(self.fpn_channels, int) and self.fpn_channels >= 4 and self.fpn_channels % 4 == 0,
+             "fpn_channels", "must be a positive multiple of 4")
+        need(number("heatmap_sigma") and 0.02 <= self.heatmap_sigma <= 1.0, "heatmap_sigma",
+             "must be a fraction of the box side in [0.02, 1]")
+        need(number("box_weight") and self.box_weight > 0, "box_weight", "must be positive")
+        need(number("edge_vote") and 0.0 <= self.edge_vote <= 10.0, "edge_vote",
+             "must be a fraction of the box side in [0, 10] (0: no vote)")
+        need(isinstance(self.max_epochs, int) and self.max_epochs >= 1, "max_epochs", "must be at least 1")
+        need(isinstance(self.patience, int) and self.patience >= 1, "patience", "must be at least 1")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size", "must be at least 1")
+        need(number("learning_rate") and self.learning_rate > 0, "learning_rate", "must be positive")
+        need(number("weight_decay") and self.weight_decay >= 0, "weight_decay", "must be zero or positive")
+        need(isinstance(self.plateau_patience, int) and self.plateau_patience >= 1, "plateau_patience",
+             "must be at least 1")
+        need(number("plateau_factor") and 0.0 < self.plateau_factor <= 1.0, "plateau_factor",
+             "must be in (0, 1] (1 disables the decay)")
         need(self.optimizer in OPTIMIZERS, "optimizer", f"valid choices are {', '.join(OPTIMIZERS)}")
-        need(0.0 <= self.valid_fraction < 1.0, "valid_fraction", "must be in [0, 1)")
+        need(self.schedule in SCHEDULES, "schedule", f"valid choices are {', '.join(SCHEDULES)}")
+        need(number("valid_fraction") and 0.0 <= self.valid_fraction < 1.0, "valid_fraction", "must be in [0, 1)")
         need(self.monitor in MONITORS, "monitor", f"valid choices are {', '.join(MONITORS)}")
-        need(self.atss_candidates >= 1, "atss_candidates", "must be at least 1")
-        need(self.sampler_per_image >= 2, "sampler_per_image", "must be at least 2")
-        need(0.0 < self.sampler_positive_fraction < 1.0, "sampler_positive_fraction", "must be in (0, 1)")
-        need(self.sampler_min_negatives >= 0, "sampler_min_negatives", "must be zero or positive")
-        need(self.sampler_pool_size >= 1, "sampler_pool_size", "must be at least 1")
-        need(self.box_loss in ("giou", "smooth_l1"), "box_loss", "valid choices are giou, smooth_l1")
-        need(0.0 <= self.scale_range < 0.5, "scale_range", "must be in [0, 0.5)")
-        need(0.0 <= self.translate_fraction < 0.5, "translate_fraction", "must be in [0, 0.5)")
-        need(0.0 <= self.gain_range < 1.0, "gain_range", "must be in [0, 1)")
-        need(0.0 <= self.gamma_range < 1.0, "gamma_range", "must be in [0, 1)")
-        need(self.noise_std >= 0, "noise_std", "must be zero or positive")
-        need(0.0 <= self.negative_fraction < 1.0, "negative_fraction", "must be in [0, 1)")
-        need(0.0 <= self.score_threshold <= 1.0, "score_threshold", "must be a confidence in [0, 1]")
-        need(0.0 < self.nms_threshold <= 1.0, "nms_threshold", "must be an IoU in (0, 1]")
+        need(number("scale_range") and 0.0 <= self.scale_range < 0.5, "scale_range", "must be in [0, 0.5)")
+        need(number("stretch_range") and 0.0 <= self.stretch_range < 0.5, "stretch_range", "must be in [0, 0.5)")
+        need(number("translate_fraction") and 0.0 <= self.translate_fraction < 0.5, "translate_fraction",
+             "must be in [0, 0.5)")
+        need(number("gain_range") and 0.0 <= self.gain_range < 1.0, "gain_range", "must be in [0, 1)")
+        need(number("gamma_range") and 0.0 <= self.gamma_range < 1.0, "gamma_range", "must be in [0, 1)")
+        need(number("noise_std") and self.noise_std >= 0, "noise_std", "must be zero or positive")
+        need(number("negative_fraction") and 0.0 <= self.negative_fraction < 1.0, "negative_fraction",
+             "must be in [0, 1)")
+        need(number("bulge_fraction") and 0.0 <= self.bulge_fraction < 1.0, "bulge_fraction", "must be in [0, 1)")
+        need(number("bulge_swell") and 0.05 <= self.bulge_swell <= 2.0, "bulge_swell",
+             "must be a fraction of the box height in [0.05, 2]")
+        need(self.score_threshold is None or (number("score_threshold") and 0.0 <= self.score_threshold <= 1.0),
+             "score_threshold", "must be a confidence in [0, 1], or None for the calibrated floor")
+        need(isinstance(self.flip_test, bool), "flip_test", "must be true or false")
 
     @classmethod
     def quick(cls, **overrides) -> "DetectorSettings":
-        """A CPU preset: 128 px input, short schedule. Minutes on two cores for a few hundred images."""
-        values = dict(image_size=128, max_epochs=40, patience=10, plateau_patience=4, batch_size=8)
+        """The CPU preset: the same network, input and recipe, half the epochs. About two minutes of one core
+        for 75 training images of 640 x 480 (measured in ``lib/detection/README.md``)."""
+        values = dict(max_epochs=80)
         values.update(overrides)
         return cls(**values)
 
+    def replace(self, **changes) -> "DetectorSettings":
+        """A validated copy with some fields changed."""
+        return replace(self, **changes)
+
     def to_dict(self) -> dict:
-        out = asdict(self)
-        out["anchor_aspect_ratios"] = list(self.anchor_aspect_ratios)
-        return out
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "detector settings") -> "DetectorSettings":

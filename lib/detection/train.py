@@ -2,12 +2,22 @@
 
 - Only *normal* images with a box are trained on: a detector that saw distended
   recesses would learn what the anomaly looks like and leak it into LoRIS.
+  (Its augmentations include a synthetic swelling of the normal recess,
+  :func:`lib.detection.augment.bulge`, so that a distended recess, taller
+  and darker, is still boxed.)
 - Validation is patient-grouped (:func:`lib.data.splits.split_train_valid`) unless
-  ``valid_records`` is given; early stopping follows a validation metric
-  (``settings.monitor``, on the validation normal images) computed with
-  MONAI's COCO metric (:mod:`lib.detection.metrics`).
-- The best checkpoint (weights + settings) is written atomically at each
-  improvement; ``last.pt`` after every epoch makes training resumable.
+  ``valid_records`` is given; its metrics (MONAI's COCO metric,
+  :mod:`lib.detection.metrics`) are recorded every epoch.
+- Schedule ``"cosine"`` (default): the learning rate decays to zero over
+  ``max_epochs`` and the model of the last epoch is kept. On a handful of
+  validation patients the epoch with the best validation score is mostly
+  luck (measured in ``lib/detection/README.md``). Schedule ``"plateau"``:
+  constant learning rate (optionally reduced on plateaus), early stopping on
+  ``settings.monitor``, the best epoch is kept.
+- The kept checkpoint (weights + settings) is written atomically; ``last.pt``
+  after every epoch makes training resumable. At the end the confidence floor
+  is calibrated on the validation images (:mod:`lib.detection.calibrate`) and
+  stored with the model.
 """
 
 from __future__ import annotations
@@ -26,15 +36,17 @@ from lib.data.imageio import read_boxed_images
 from lib.data.records import Record
 from lib.data.splits import split_train_valid
 from lib.detection.augment import BoxAugmenter
+from lib.detection.calibrate import calibrate
 from lib.detection.infer import RecessDetector
+from lib.detection.losses import detector_loss
 from lib.detection.metrics import box_metrics
 from lib.detection.model_files import load_best, load_last, save_best, save_last, write_info
-from lib.detection.network import build_detector
+from lib.detection.network import build_network
+from lib.detection.preprocess import network_box
 from lib.detection.settings import DetectorSettings
 from lib.errors import DataError, ModelError
 
-ARCHITECTURE_FIELDS = ("image_size", "base_channels", "blocks_per_stage", "fpn_channels", "anchor_size",
-                       "anchor_aspect_ratios")
+ARCHITECTURE_FIELDS = ("image_size", "image_aspect", "base_channels", "blocks_per_stage", "fpn_channels")
 """Settings that shape the network: a resumed run must keep them."""
 
 
@@ -49,26 +61,35 @@ def _make_optimizer(settings: DetectorSettings, params) -> torch.optim.Optimizer
     return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
 
 
+def _make_scheduler(settings: DetectorSettings, optimizer):
+    if settings.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.max_epochs)
+    if settings.plateau_factor < 1.0:
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=settings.plateau_factor,
+                                                          patience=settings.plateau_patience)
+    return None
+
+
+def _new_network(settings: DetectorSettings, train_set: list[Record], train_images: list[np.ndarray]):
+    """A fresh network whose proposals start at the median training box (in input pixels)."""
+    torch.manual_seed(settings.seed)
+    network = build_network(settings)
+    shape = settings.input_shape
+    boxes = np.array([network_box(r.box, (im.shape[1], im.shape[0]), shape) for r, im in zip(train_set, train_images)])
+    network.init_edges(float(np.median(boxes[:, 2] - boxes[:, 0])) / 2, float(np.median(boxes[:, 3] - boxes[:, 1])) / 2)
+    return network
+
+
 def _rank(metrics: dict, monitor: str) -> tuple[float, float]:
-    # The monitored metric counts only boxes above the score threshold; ties (e.g. all zero in the
-    # first epochs, before confidences pass the threshold) are broken by the IoU of the best box
-    # whatever its confidence, so early epochs still make progress visible.
-    return (metrics[monitor], metrics["_any_iou"])
+    # Ties of the monitored metric (e.g. mAP@75 at zero in the first epochs) are broken by the mean IoU.
+    return (metrics[monitor], metrics["mean_iou"])
 
 
-def _target(box, device) -> dict:
-    """A RetinaNetDetector training target: one "recess" box (class 0), or none for a negative image."""
-    boxes = torch.tensor([box] if box is not None else [], dtype=torch.float32, device=device).reshape(-1, 4)
-    return {"boxes": boxes, "labels": torch.zeros(len(boxes), dtype=torch.long, device=device)}
-
-
-def _validate(detector, settings: DetectorSettings, images: list[np.ndarray], records: list[Record], device) -> dict:
-    wrapped = RecessDetector(detector, settings, device)
-    predictions = wrapped.detect_batch(images, min_confidence=0.0)
-    truths = [r.box for r in records]
-    metrics = box_metrics(predictions, truths, settings.score_threshold)
-    metrics["_any_iou"] = box_metrics(predictions, truths, 0.0)["mean_iou"]
-    return metrics
+def _validate(network, settings: DetectorSettings, images: list[np.ndarray], records: list[Record], device,
+              score_threshold: float = 0.0) -> dict:
+    """Metrics of every image's best box (the confidence floor is calibrated only after training)."""
+    predictions = RecessDetector(network, settings, device).detect_batch(images, min_confidence=0.0)
+    return box_metrics(predictions, [r.box for r in records], score_threshold)
 
 
 def train_detector(
@@ -83,7 +104,7 @@ def train_detector(
     on_epoch: Callable[[dict], None] | None = None,
     device: str | torch.device | None = None,
 ) -> dict:
-    """Train the RetinaNet recess detector and write its model directory.
+    """Train the recess detector, calibrate its confidence floor and write its model directory.
 
     Args:
         records: the dataset (any labels; only normal images with a box are trained on). When
@@ -91,21 +112,24 @@ def train_detector(
         out_dir: model directory (see :mod:`lib.detection.model_files`); created if needed.
         settings: :class:`DetectorSettings`; defaults when None.
         valid_records: an explicit validation set (e.g. a cross-validation fold's); its normal boxed
-            images drive early stopping, and the final report also covers its distended ones.
+            images are validated on every epoch and calibrate the confidence floor, and the final report
+            also covers its distended ones.
         resume: continue from ``out_dir/last.pt`` when it exists (same architecture settings required);
             otherwise start from scratch.
         progress: show a tqdm progress bar (one step per epoch).
-        should_stop: called between batches; returning True ends training after saving what is best so far.
-        on_epoch: called after every epoch with ``{"epoch", "loss", "cls_loss", "box_loss", "learning_rate", "valid",
-            "best_epoch", "best", "seconds"}`` (``valid``: the validation metrics of that epoch;
-            ``learning_rate``: the one the next epoch will use).
+        should_stop: called between batches; returning True ends training after saving what is kept so far.
+        on_epoch: called after every epoch with ``{"epoch", "loss", "heatmap_loss", "box_loss", "learning_rate",
+            "valid", "best_epoch", "best", "seconds"}`` (``valid``: the validation metrics of that epoch, every
+            image's best box counted; ``learning_rate``: the one the next epoch will use; ``best_epoch``: the
+            epoch kept so far).
         device: torch device; CUDA when available if None.
 
     Returns:
-        a summary: ``{"model_dir", "epochs_run", "best_epoch", "monitor", "best_value", "stopped" ("early_stopping" |
-        "max_epochs" | "should_stop"), "n_train", "n_valid", "valid_source" ("held-out patients" | "given" |
-        "training images (no held-out patients)"), "validation" (normal validation images, best model),
-        "validation_all" (all boxed validation images, normal and distended, best model), "seconds"}``.
+        a summary: ``{"model_dir", "epochs_run", "best_epoch" (the kept epoch), "monitor", "best_value",
+        "stopped" ("early_stopping" | "max_epochs" | "should_stop"), "n_train", "n_valid", "valid_source"
+        ("held-out patients" | "given" | "training images (no held-out patients)"), "validation" (normal
+        validation images, kept model), "validation_all" (all boxed validation images, normal and distended,
+        kept model, calibrated floor), "calibration" (:func:`lib.detection.calibrate.calibrate`), "seconds"}``.
 
     Raises:
         DataError: no normal image with a box to train on, or a box that leaves its image.
@@ -137,12 +161,10 @@ def train_detector(
     else:
         valid_set, valid_images, valid_source = train_set, train_images, "training images (no held-out patients)"
 
-    torch.manual_seed(settings.seed)
-    detector = build_detector(settings).to(device)
-    optimizer = _make_optimizer(settings, detector.network.parameters())
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=settings.plateau_factor, patience=settings.plateau_patience
-    ) if settings.plateau_factor < 1.0 else None
+    network = _new_network(settings, train_set, train_images).to(device)
+    optimizer = _make_optimizer(settings, network.parameters())
+    scheduler = _make_scheduler(settings, optimizer)
+    keep_last = settings.schedule == "cosine"
     rng = np.random.default_rng(settings.seed)
     augmenter = BoxAugmenter(settings, seed=settings.seed)
     start_epoch, best_epoch, best_rank, bad_epochs, history = 0, None, None, 0, []
@@ -158,9 +180,9 @@ def train_detector(
                 f"({', '.join(f'{f}={getattr(saved, f)!r}' for f in changed)}); train without --resume or "
                 f"use the same settings"
             )
-        detector.network.load_state_dict(last["network"])
+        network.load_state_dict(last["network"])
         optimizer.load_state_dict(last["optimizer"])
-        if scheduler is not None and last.get("scheduler"):
+        if scheduler is not None and last.get("scheduler") and saved.schedule == settings.schedule:
             scheduler.load_state_dict(last["scheduler"])
         start_epoch, bad_epochs, history = last["epoch"] + 1, last["bad_epochs"], list(last["history"])
         best_epoch = last["best_epoch"]
@@ -174,13 +196,12 @@ def train_detector(
 
     stopped = "max_epochs"
     bar = tqdm(total=settings.max_epochs, initial=start_epoch, disable=not progress, desc="detector", unit="epoch")
-    epoch = start_epoch - 1
     for epoch in range(start_epoch, settings.max_epochs):
-        if bad_epochs >= settings.patience:
+        if not keep_last and bad_epochs >= settings.patience:
             stopped = "early_stopping"
             break
         tic = time.time()
-        detector.train()
+        network.train()
         order = rng.permutation(len(train_set))
         sums, batches, interrupted = np.zeros(2), 0, False
         for b in range(0, len(order), settings.batch_size):
@@ -188,44 +209,45 @@ def train_detector(
                 interrupted = True
                 break
             views = [
-                (augmenter.negative(), None) if rng.random() < settings.negative_fraction
-                else augmenter(train_images[i], train_set[i].box)
+                (augmenter.negative(train_images[i], train_set[i].box), None)
+                if rng.random() < settings.negative_fraction else augmenter(train_images[i], train_set[i].box)
                 for i in order[b : b + settings.batch_size]
             ]
             images = torch.stack([v[0] for v in views]).to(device)
-            targets = [_target(v[1], device) for v in views]
-            losses = detector(images, targets)
-            loss = losses[detector.cls_key] + losses[detector.box_reg_key]
+            losses = detector_loss(*network(images), [v[1] for v in views], settings.heatmap_sigma,
+                                   settings.box_weight)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            losses["loss"].backward()
             optimizer.step()
-            sums += [float(losses[detector.cls_key].detach()), float(losses[detector.box_reg_key].detach())]
+            sums += [float(losses["heatmap"].detach()), float(losses["box"].detach())]
             batches += 1
         if interrupted:
             stopped = "should_stop"
             break
 
-        metrics = _validate(detector, settings, valid_images, valid_set, device)
-        rank = _rank(metrics, settings.monitor)
-        valid = {k: v for k, v in metrics.items() if not k.startswith("_")}
-        if best_rank is None or rank > best_rank:
+        valid = _validate(network, settings, valid_images, valid_set, device)
+        rank = _rank(valid, settings.monitor)
+        if keep_last or best_rank is None or rank > best_rank:
             best_rank, best_epoch, bad_epochs = rank, epoch, 0
-            best_state = copy.deepcopy(detector.network.state_dict())
+            best_state = copy.deepcopy(network.state_dict())
             best_valid = valid
             save_best(out_dir, settings=settings.to_dict(), network_state=best_state, epoch=epoch,
                       monitor=settings.monitor, validation=valid)
         else:
             bad_epochs += 1
-        if scheduler is not None:
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(rank[0])
-        cls_loss, box_loss = (sums / max(batches, 1)).tolist()
-        record = {"epoch": epoch, "loss": cls_loss + box_loss, "cls_loss": cls_loss, "box_loss": box_loss,
+        elif scheduler is not None:
+            scheduler.step()
+        heatmap_loss, box_loss = (sums / max(batches, 1)).tolist()
+        record = {"epoch": epoch, "loss": heatmap_loss + settings.box_weight * box_loss,
+                  "heatmap_loss": heatmap_loss, "box_loss": box_loss,
                   "learning_rate": optimizer.param_groups[0]["lr"],
                   "valid": valid, "best_epoch": best_epoch, "best": best_valid[settings.monitor],
                   "seconds": time.time() - tic}
         history.append(record)
         save_last(out_dir, {
-            "settings": settings.to_dict(), "network": detector.network.state_dict(),
+            "settings": settings.to_dict(), "network": network.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
             "epoch": epoch, "bad_epochs": bad_epochs, "best_epoch": best_epoch,
             "best_rank": list(best_rank), "history": history, "rng": rng.bit_generator.state,
@@ -233,11 +255,11 @@ def train_detector(
         })
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.3f}", **{settings.monitor: f"{valid[settings.monitor]:.3f}"},
-                        best=f"{record['best']:.3f}@{best_epoch}")
+                        kept=f"{record['best']:.3f}@{best_epoch}")
         if on_epoch is not None:
             on_epoch(record)
     else:
-        if bad_epochs >= settings.patience:
+        if not keep_last and bad_epochs >= settings.patience:
             stopped = "early_stopping"
     bar.close()
 
@@ -253,17 +275,24 @@ def train_detector(
         "valid_source": valid_source,
         "validation": best_valid,
         "validation_all": None,
+        "calibration": None,
         "seconds": None,
     }
     if best_state is not None:
-        detector.network.load_state_dict(best_state)
+        network.load_state_dict(best_state)
+        calibration = calibrate(RecessDetector(network, settings, device), valid_images,
+                                [r.box for r in valid_set], seed=settings.seed)
+        summary["calibration"] = calibration
+        save_best(out_dir, settings=settings.to_dict(), network_state=best_state, epoch=best_epoch,
+                  monitor=settings.monitor, validation=best_valid, calibration=calibration)
+        threshold = RecessDetector(network, settings, device, {"calibration": calibration}).score_threshold
         if valid_all and valid_source != "training images (no held-out patients)":
             others = [r for r in valid_all if r.label != "normal"]
             images_all = valid_images + read_boxed_images(others)
-            metrics = _validate(detector, settings, images_all, valid_set + others, device)
-            summary["validation_all"] = {k: v for k, v in metrics.items() if not k.startswith("_")}
+            summary["validation_all"] = _validate(network, settings, images_all, valid_set + others, device,
+                                                  threshold)
         summary["seconds"] = time.time() - started
         write_info(out_dir, {"settings": settings.to_dict(), "epoch": best_epoch, "monitor": settings.monitor,
-                             "validation": best_valid, "training": summary})
+                             "validation": best_valid, "calibration": calibration, "training": summary})
     summary["seconds"] = time.time() - started
     return summary

@@ -87,9 +87,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, metavar="N", help="maximum training epochs (default 1000; --quick 100)")
     parser.add_argument("--patience", type=int, metavar="P", help="early-stopping patience (default 50; --quick 25)")
     parser.add_argument("--image-size", type=int, metavar="S", help="network grid side in pixels (default 256; --quick 128)")
-    parser.add_argument("--detector-epochs", type=int, metavar="N", help="detector epochs (default: --epochs)")
+    parser.add_argument("--detector-epochs", type=int, metavar="N",
+                        help="detector epochs (default: the detector preset's, 160; --quick 80)")
     parser.add_argument("--detector-image-size", type=int, metavar="S",
-                        help="detector input side in pixels (default: the detector's preset, 256; --quick 128)")
+                        help="detector input width in pixels (default: the detector's preset, 256)")
     parser.add_argument("--box-policy", choices=BOX_POLICIES, default="fail",
                         help="--box detected: when the detector finds no recess, fail (default, as the server: "
                              "no answer, counted as normal), skip (the same in an evaluation), or whole_image")

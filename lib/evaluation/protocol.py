@@ -142,7 +142,7 @@ class EvaluationConfig:
         architecture: the network of every network method (None = the preset's; another one comes with its
             default channels, :data:`lib.loris.settings.NETWORKS`).
         channels: its channels per level (None = the preset's or the architecture's).
-        detector_epochs: detector training length (None = ``epochs``, or the detector's default).
+        detector_epochs: detector training length (None = the detector preset's own: 160, ``quick`` 80).
         detector_image_size: the detector's input side (None = the detector preset's own, independent
             of ``image_size``: the box is found on its grid and mapped back to the image's pixels).
         box_policy: ``--box detected``: what an image gets when the detector finds no recess
@@ -240,8 +240,9 @@ class EvaluationConfig:
         from lib.detection.settings import DetectorSettings
 
         base = DetectorSettings.quick() if self.quick else DetectorSettings()
-        changes = {"max_epochs": self.detector_epochs or self.epochs, "patience": self.patience,
-                   "image_size": self.detector_image_size, "seed": self.seed}
+        # The detector keeps its own schedule (cosine over its preset's epochs, the last epoch kept):
+        # LoRIS's --epochs / --patience are early-stopping budgets of another network and do not apply.
+        changes = {"max_epochs": self.detector_epochs, "image_size": self.detector_image_size, "seed": self.seed}
         data = base.to_dict()
         data.update({k: v for k, v in changes.items() if v is not None})
         return DetectorSettings.from_dict(data, where="detector settings")

@@ -17,7 +17,7 @@ class RecessDetectionTrainer(CoreTrainTask):
     """Train the recess detector from the datastore into ``model_dir`` (``lib.detection`` model directory)."""
 
     def __init__(self, model_dir: Path, quick_default: bool = True):
-        super().__init__(model_dir, "Recess detector (RetinaNet) trained on normal boxed images", quick_default)
+        super().__init__(model_dir, "Recess detector (one-box heatmap network) trained on normal boxed images", quick_default)
 
     def preset(self, quick: bool) -> DetectorSettings:
         return DetectorSettings.quick() if quick else DetectorSettings()

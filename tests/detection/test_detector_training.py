@@ -13,7 +13,7 @@ from lib.data.imageio import read_image, write_png
 from lib.detection.cli_detect import detect_file
 from lib.detection.infer import Detection, RecessDetector
 from lib.detection.metrics import detection_metrics
-from lib.detection.model_files import LAST
+from lib.detection.model_files import BEST, LAST
 from lib.detection.settings import DetectorSettings
 from lib.detection.train import train_detector
 from lib.errors import DataError, ModelError, NotTrainedError
@@ -22,7 +22,7 @@ EPOCHS = 12
 
 
 def tiny_settings(**overrides) -> DetectorSettings:
-    values = dict(image_size=64, max_epochs=EPOCHS, patience=EPOCHS, batch_size=4, base_channels=8, fpn_channels=16)
+    values = dict(image_size=64, max_epochs=EPOCHS, batch_size=4, base_channels=8, fpn_channels=16)
     values.update(overrides)
     return DetectorSettings(**values)
 
@@ -40,9 +40,13 @@ def test_training_writes_a_complete_model_directory(trained):
     model_dir, summary, epochs = trained
     assert {p.name for p in model_dir.iterdir()} == {"model.pt", "detector.json", "last.pt"}
     info = json.loads((model_dir / "detector.json").read_text())
-    assert info["format"] == "loris-recess-detector" and info["settings"]["image_size"] == 64
+    assert info["format"] == "loris-recess-detector" and info["version"] == 2
+    assert info["settings"]["image_size"] == 64
     assert summary["epochs_run"] == len(epochs) == EPOCHS
-    assert summary["best_epoch"] == info["epoch"]
+    # cosine schedule: the learning rate decays to zero and the last epoch's model is kept
+    assert summary["best_epoch"] == info["epoch"] == EPOCHS - 1 and summary["stopped"] == "max_epochs"
+    assert epochs[-1]["learning_rate"] == pytest.approx(0.0, abs=1e-9)
+    assert epochs[0]["learning_rate"] > 0.5 * DetectorSettings().learning_rate
     assert summary["valid_source"] == "held-out patients"
     assert set(summary["validation"]) >= {"precision50", "map50", "map75", "mean_iou", "n_images"}
     # validation_all adds the held-out distended image(s) to the normal ones
@@ -67,13 +71,45 @@ def test_detector_returns_one_integer_box_inside_each_image(trained, tiny_record
         x0, y0, x1, y1 = detection.box
         assert 0 <= x0 < x1 <= image.shape[1] and 0 <= y0 < y1 <= image.shape[0]
         assert 0.0 <= detection.confidence <= 1.0
-    assert detector.detect(images[0], min_confidence=0.0) == found[0]
+    alone = detector.detect(images[0], min_confidence=0.0)  # same answer alone as in a batch (float rounding aside)
+    assert alone.box == found[0].box and alone.confidence == pytest.approx(found[0].confidence, abs=1e-5)
 
 
 def test_detector_learned_something_on_held_out_patients(trained):
     _, summary, _ = trained
     # 12 epochs on 18 tiny images: far from perfect, far from chance (a random box has IoU ~0.05)
     assert summary["validation"]["mean_iou"] > 0.3
+
+
+def test_confidence_floor_is_calibrated_on_validation_and_stored_with_the_model(trained):
+    model_dir, summary, _ = trained
+    calibration = summary["calibration"]
+    floor = calibration["confidence_floor"]
+    assert 0.0 < floor < 1.0
+    assert calibration["positives"]["n"] == summary["validation"]["n_images"]
+    assert set(calibration["negatives"]) >= {"erased", "superficial", "speckle"}
+    detector = RecessDetector.load(model_dir)
+    assert detector.score_threshold == pytest.approx(floor)
+    assert detector.info["calibration"] == calibration
+    assert json.loads((model_dir / "detector.json").read_text())["calibration"]["confidence_floor"] == floor
+    # an explicit score_threshold in the settings wins over the calibrated floor
+    fixed = RecessDetector(detector.network, detector.settings.replace(score_threshold=0.9), info=detector.info)
+    assert fixed.score_threshold == 0.9
+
+
+def test_flip_test_averages_the_image_and_its_mirror(trained, tiny_records):
+    model_dir, _, _ = trained
+    plain = RecessDetector.load(model_dir)
+    both = RecessDetector(plain.network, plain.settings.replace(flip_test=True), info=plain.info)
+    image = read_image(tiny_records[1].image_path)
+    mirrored = np.ascontiguousarray(image[:, ::-1])
+    a = both.detect(image, min_confidence=0.0)
+    b = both.detect(mirrored, min_confidence=0.0)
+    width = image.shape[1]
+    # the answer for the mirrored image is the mirrored answer (up to rounding to whole pixels)
+    assert abs(b.box[0] - (width - a.box[2])) <= 1 and abs(b.box[2] - (width - a.box[0])) <= 1
+    assert abs(b.box[1] - a.box[1]) <= 1 and abs(b.box[3] - a.box[3]) <= 1
+    assert b.confidence == pytest.approx(a.confidence, abs=1e-5)
 
 
 def test_blank_image_gives_nothing_found_not_a_crash(trained, tiny_records):
@@ -108,6 +144,18 @@ def test_detection_metrics_cover_normal_and_distended_records(trained, tiny_reco
     metrics = detection_metrics(RecessDetector.load(model_dir), tiny_records[:4])
     assert metrics["n_images"] == 4
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("precision50", "map50", "map75", "mean_iou"))
+
+
+def test_plateau_schedule_stops_early_and_keeps_the_best_epoch(tiny_records, tmp_path):
+    epochs = []
+    summary = train_detector(tiny_records, tmp_path / "m", tiny_settings(schedule="plateau", max_epochs=30, patience=2),
+                             progress=False, on_epoch=epochs.append)
+    assert summary["stopped"] == "early_stopping"
+    best = summary["best_epoch"]
+    assert summary["epochs_run"] == best + 1 + 2  # two epochs without improvement after the best
+    ious = [e["valid"]["mean_iou"] for e in epochs]  # the monitor (mean IoU) breaks its own ties
+    assert ious[best] == max(ious) and all(v <= ious[best] for v in ious[best + 1 :])
+    assert torch.load(tmp_path / "m" / BEST, weights_only=True)["epoch"] == best
 
 
 def test_resume_continues_where_training_stopped(tiny_records, tmp_path):
@@ -150,6 +198,14 @@ def test_loading_reports_missing_untrained_and_foreign_models(tmp_path):
     torch.save({"format": "something-else"}, tmp_path / "foreign" / "model.pt")
     with pytest.raises(ModelError, match="not a recess-detector checkpoint"):
         RecessDetector.load(tmp_path / "foreign")
+
+
+def test_a_model_folder_of_the_older_retinanet_detector_is_refused_with_the_retrain_command(tmp_path):
+    (tmp_path / "old").mkdir()
+    torch.save({"format": "loris-recess-detector", "version": 1, "settings": {"image_size": 128,
+                "anchor_aspect_ratios": [4.0, 2.0, 1.0]}, "network": {}}, tmp_path / "old" / "model.pt")
+    with pytest.raises(ModelError, match=r"version 1 is not supported.*python -m lib train-detector .*--out .*old"):
+        RecessDetector.load(tmp_path / "old")
 
 
 def test_bad_image_is_a_clear_error(trained):

@@ -95,7 +95,8 @@ def test_unknown_method_is_a_clear_error(tiny_data, tmp_path, capsys):
 
 def test_detected_boxes_come_from_a_detector_per_fold(tiny_data, tmp_path):
     out = tmp_path / "eval"
-    assert _evaluate(tiny_data, out, "--methods", "box-shape", "--box", "gt", "detected", "--detector-image-size", "64") == 0
+    assert _evaluate(tiny_data, out, "--methods", "box-shape", "--box", "gt", "detected", "--detector-image-size", "64",
+                     "--detector-epochs", "1") == 0
     results = json.loads((out / "metrics.json").read_text())
     assert {"box-shape", "box-shape@detected"} <= set(results["methods"])
     for name in ("precision50", "map50", "map75", "mean_iou"):
