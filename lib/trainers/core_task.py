@@ -170,7 +170,7 @@ class CoreTrainTask(BasicTrainTask):
         if changes.get("patience", 1) <= 0:
             changes["patience"] = changes.get("max_epochs", base.max_epochs)
         try:
-            return base.replace(**changes) if hasattr(base, "replace") else type(base)(**{**base.to_dict(), **changes})
+            return base.replace(**changes)
         except TypeError as exc:
             raise DataError(f"train params: {exc}") from None
 
