@@ -62,7 +62,7 @@ def load_model(model_dir: str | os.PathLike) -> ModelBundle:
         settings = LorisSettings.from_dict(data["settings"], where="settings")
     except DataError as exc:
         raise ModelError(f"{Path(model_dir) / MODEL_FILE}: incompatible LoRIS model: {exc}; retrain it: "
-                         f"{KIND.retrain}") from None
+                         f"{KIND.retrain_in(model_dir)}") from None
     calibration = data.get("calibration")
     return ModelBundle(
         settings=settings,

@@ -190,14 +190,16 @@ def process_group(device: str | torch.device | None = "auto", *, rank: int | Non
         dist.destroy_process_group()
 
 
-def data_parallel(network: torch.nn.Module, world: World) -> tuple[torch.nn.Module, torch.nn.Module]:
+def data_parallel(network: torch.nn.Module, world: World,
+                  find_unused_parameters: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:
     """``(network, forward)``: the module to checkpoint and save, and the module to train through.
 
     One process: both are ``network``. Several: batch norms become :class:`torch.nn.SyncBatchNorm` on GPUs
     (statistics over the whole distributed mini-batch; the CPU has no synchronized batch norm, each rank
     normalizes its own mini-batch) and ``forward`` is ``DistributedDataParallel(network)``, which averages
     the gradients across ranks (its parameters start as rank 0's). ``network`` must already be on the
-    rank's device.
+    rank's device. ``find_unused_parameters``: some parameters take no part in the loss (e.g. FPN levels
+    the head does not read); they then get no gradient, as in one process.
     """
     if not world.distributed:
         return network, network
@@ -205,7 +207,8 @@ def data_parallel(network: torch.nn.Module, world: World) -> tuple[torch.nn.Modu
     if device.type == "cuda":
         network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
     ids = [device.index] if device.type == "cuda" else None
-    forward = torch.nn.parallel.DistributedDataParallel(network, device_ids=ids, output_device=device.index if ids else None)
+    forward = torch.nn.parallel.DistributedDataParallel(network, device_ids=ids, output_device=device.index if ids else None,
+                                                        find_unused_parameters=find_unused_parameters)
     return network, forward
 
 
@@ -213,15 +216,23 @@ def epoch_order(n: int, epoch: int, seed: int, world: World, generator: torch.Ge
     """The training indices this rank visits in ``epoch`` (1-based), in order (see the module docstring, 4)."""
     if not world.distributed:
         return torch.randperm(n, generator=generator)
+    generator.manual_seed(epoch_seed(seed, epoch, world.rank))
+    return epoch_shard(n, epoch, seed, world)
+
+
+def epoch_shard(n: int, epoch: int, seed: int, world: World) -> torch.Tensor:
+    """This rank's share of a permutation of ``n`` training indices for ``epoch``, the same permutation on every
+    rank (:class:`torch.utils.data.DistributedSampler`, padded so that every rank gets as many)."""
     from torch.utils.data import DistributedSampler
 
     sampler = DistributedSampler(range(n), num_replicas=world.world_size, rank=world.rank, shuffle=True, seed=seed)
     sampler.set_epoch(epoch)
-    generator.manual_seed(_epoch_seed(seed, epoch, world.rank))
     return torch.tensor(list(sampler), dtype=torch.long)
 
 
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of a rank's random draws (augmentations) in ``epoch`` of a data-parallel training: distinct per
+    rank and epoch, and the same when a resumed training draws that epoch again."""
     return (int(seed) * 1_000_003 + epoch * 9_973 + rank) % (2 ** 63)
 
 
