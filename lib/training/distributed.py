@@ -2,7 +2,7 @@
 
 Launching:
 
-- command line: ``torchrun --nproc_per_node N -m lib train ...`` (one process per GPU, or N CPU
+- command line: ``torchrun --nproc_per_node N -m lib train ...`` or ``... -m lib train-detector ...`` (one process per GPU, or N CPU
   processes; several machines as ``torchrun --nnodes`` allows). torchrun sets ``RANK``,
   ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`process_group` joins
   the group they describe.
@@ -27,7 +27,8 @@ What :func:`~lib.training.loop.fit` does by itself when the world has several pr
 - the summary gains ``world_size``, ``rank`` and ``rank_epochs`` (the epochs each rank ran, gathered:
   equal on every rank).
 
-What a model's training function must do to get DDP (as :func:`lib.loris.train.train` does):
+What a model's training function must do to get DDP (as :func:`lib.loris.train.train` and
+:func:`lib.detection.train.train_detector` do):
 
 1. Run inside ``with process_group(device) as world:`` (joins a torchrun launch, uses a group already
    joined, e.g. by the server, and is a world of one otherwise) and take its device from
@@ -44,7 +45,9 @@ What a model's training function must do to get DDP (as :func:`lib.loris.train.t
    seeded by ``seed + epoch`` (:class:`torch.utils.data.DistributedSampler`: the same on every rank,
    padded so that every rank has as many images, hence mini-batches: DDP needs every rank to run as
    many backward passes), and ``generator`` reseeded for this epoch and rank (augmentations differ
-   between ranks and a resumed run draws the same). ``batch_size`` is per process: the effective
+   between ranks and a resumed run draws the same). A model whose draws come from other generators
+   (the detector's numpy ones) takes ``epoch_shard(n, epoch, seed, world)`` and reseeds them with
+   ``epoch_seed(seed, epoch, rank)``. ``batch_size`` is per process: the effective
    batch is ``batch_size x world_size``. Return the epoch's means with ``"images"``: how many images
    they cover.
 5. Validate on ``shard(n_valid, world)`` (this rank's share of the validation images) with the unwrapped
@@ -250,7 +253,8 @@ def average(values: dict | None, world: World) -> dict | None:
 
     Each rank's means are weighted by its ``values["images"]`` (1 when absent); ``images`` becomes the
     total. The result is rank 0's reduction, broadcast, so it is bit for bit the same on every rank.
-    Non-numbers are kept as they are. One process: ``values`` unchanged.
+    Non-numbers are kept as they are; a whole number whose mean is whole stays a whole number (a count every
+    rank computed alike). One process: ``values`` unchanged.
     """
     if values is None or not world.distributed:
         return values
@@ -264,6 +268,8 @@ def average(values: dict | None, world: World) -> dict | None:
     out = dict(values)
     for i, k in enumerate(keys):
         out[k] = float(t[i + 1]) / total if total > 0 else float("nan")
+        if isinstance(values[k], int) and out[k].is_integer():
+            out[k] = int(out[k])  # a count the ranks agree on stays a count
     if "images" in values:
         out["images"] = int(round(total))
     return out

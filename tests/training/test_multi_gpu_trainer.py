@@ -8,11 +8,13 @@ import json
 
 import pytest
 
+from lib.detection.settings import DetectorSettings
 from lib.loris.settings import LorisSettings
 from lib.server.process import free_port
 from lib.trainers.loris import LorisTrainer
+from lib.trainers.recess_detection import RecessDetectionTrainer
 
-pytestmark = pytest.mark.slow  # two training processes (32 px, 2 epochs)
+pytestmark = pytest.mark.slow  # two training processes (32 or 64 px, 2 epochs)
 
 
 class TinyLorisTrainer(LorisTrainer):
@@ -57,3 +59,36 @@ def test_a_precision_the_trainer_does_not_take_is_refused(tmp_path):
     assert task.precision_for({"precision": "bf16"}) == "bf16"
     with pytest.raises(DataError, match="precision: 'fp8' is not one of float32, bf16, fp16"):
         task.precision_for({"precision": "fp8"})
+
+
+class TinyDetectorTrainer(RecessDetectionTrainer):
+    """The recess detector's trainer with a 64 px network (importable by the spawned ranks)."""
+
+    def preset(self, quick: bool) -> DetectorSettings:
+        return DetectorSettings(image_size=64, base_channels=8, fpn_channels=16, max_epochs=2, batch_size=4)
+
+
+def test_multi_gpu_ranks_train_the_detector_together_and_rank_0_publishes(tiny_flat, tmp_path, monkeypatch):
+    import torch.multiprocessing as mp
+    from monailabel.tasks.train.basic_train import main_worker
+
+    from lib.data.dataset import load_dataset
+    from lib.detection.infer import RecessDetector
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    target = tmp_path / "models" / "recess_detection"
+    task = TinyDetectorTrainer(target)
+    assert task.data_parallel
+    records = [r for r in load_dataset(tiny_flat).records if r.label is not None]
+    request = {**task._config, "multi_gpu": True, "device": "cpu", "distributed_backend": "gloo", "run_id": "d1"}
+    mp.spawn(main_worker, nprocs=2, args=(2, request, records, task))
+
+    assert sorted(p.name for p in target.iterdir()) == ["checkpoint_last.pt", "model.json", "model.pt",
+                                                        "train_stats.json"]
+    assert not [p for p in target.parent.iterdir() if p.name != "recess_detection"]  # no temporary folder left
+    stats = json.loads((target / "train_stats.json").read_text())
+    assert stats["world_size"] == 2 and stats["run_id"] == "d1"
+    assert stats["summary"]["rank_epochs"] == [2, 2] and stats["summary"]["epochs_run"] == 2
+    assert RecessDetector.load(target).settings.image_size == 64
