@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lib.detection.settings import DetectorSettings
-from lib.errors import DataError, ModelError
 from lib.training.model_folder import CHECKPOINT_FILE, INFO_FILE, MODEL_FILE, ModelKind
 
 __all__ = ["CHECKPOINT_FILE", "INFO_FILE", "KIND", "MODEL_FILE", "DetectorBundle", "load_model", "save_model"]
@@ -71,11 +70,6 @@ def load_model(model_dir: str | os.PathLike) -> DetectorBundle:
             (the message names the folder and the commands that retrain it).
         NotTrainedError: the folder exists but holds no detector yet.
     """
-    data = KIND.load(model_dir)
-    try:
-        settings = DetectorSettings.from_dict(data["settings"], where="settings")
-    except DataError as exc:
-        raise ModelError(f"{Path(model_dir) / MODEL_FILE}: incompatible {KIND.what}: {exc}; retrain it: "
-                         f"{KIND.retrain_in(model_dir)}") from None
+    settings, data = KIND.load_settings(model_dir, DetectorSettings)
     info = {k: v for k, v in data.items() if k not in ("format", "format_version", "settings", "state_dict")}
     return DetectorBundle(settings=settings, state_dict=data["state_dict"], info=info, path=Path(model_dir))

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from lib.data.atomic import atomic_path, write_json
-from lib.errors import ModelError, NotTrainedError
+from lib.errors import DataError, ModelError, NotTrainedError
 
 MODEL_FILE = "model.pt"
 INFO_FILE = "model.json"
@@ -133,6 +133,23 @@ class ModelKind:
         if problems:
             raise ModelError(f"{path}: incompatible {self.what}: " + "; ".join(problems) + f"; retrain it: {retrain}")
         return data
+
+    def load_settings(self, model_dir: str | os.PathLike, settings_type: type) -> tuple:
+        """``(settings, data)``: :meth:`load`'s dict and its ``settings`` built as ``settings_type``
+        (a :class:`~lib.training.settings.ModelSettings`).
+
+        Raises:
+            ModelError: what :meth:`load` raises, or settings this code does not know (named, with the retrain
+                commands).
+            NotTrainedError: the folder exists but holds no model yet.
+        """
+        data = self.load(model_dir)
+        try:
+            settings = settings_type.from_dict(data["settings"], where="settings")
+        except DataError as exc:
+            raise ModelError(f"{Path(model_dir) / MODEL_FILE}: incompatible {self.what}: {exc}; retrain it: "
+                             f"{self.retrain_in(model_dir)}") from None
+        return settings, data
 
     # --- the training checkpoint -------------------------------------------------------------------------------
     def save_checkpoint(self, model_dir: str | os.PathLike, state: dict) -> None:
