@@ -86,8 +86,8 @@ class DetectorSettings(ModelSettings):
     Inference:
         score_threshold: a box is reported only when its confidence reaches this value; below it the answer
             is "nothing found". None (the default): the confidence floor calibrated on the validation images
-            at the end of training (:mod:`lib.detection.calibrate`). (``replace`` ignores None values, as for every model's
-            settings: build from ``to_dict()`` to go back to the calibrated floor.)
+            at the end of training (:mod:`lib.detection.calibrate`). (``replace`` ignores None values, as for
+            every model's settings: build from ``to_dict()`` to go back to the calibrated floor.)
         flip_test: also run the horizontally flipped image and average the two boxes (test-time
             augmentation; twice the inference cost). Useful only for a model trained with ``flip``.
     """

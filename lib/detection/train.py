@@ -63,8 +63,6 @@ from lib.training.random_states import NumpyGenerator, TorchGlobal
 NETWORK_FIELDS = ("image_size", "image_aspect", "base_channels", "blocks_per_stage", "fpn_channels")
 """Settings that shape the network: a resumed run must keep them."""
 
-LOSS_TERMS = ("loss", "heatmap_loss", "box_loss")
-
 
 def _boxed_normals(records: list[Record]) -> list[Record]:
     return [r for r in records if r.label == "normal" and r.box is not None]
@@ -236,7 +234,8 @@ def _train(records, out_dir: Path, settings: DetectorSettings, valid_records, re
                  stateful={"optimizer": optimizer, "rng": NumpyGenerator(rng), "augmenter": augmenter,
                            "torch_rng": TorchGlobal()},
                  network_fields=NETWORK_FIELDS, checkpoint=checkpoint,
-                 extra_checkpoint={"valid_images": [r.image for r in valid_records] if valid_source == "valid" else None},
+                 extra_checkpoint={"valid_images": [r.image for r in valid_records]
+                                   if valid_source == "valid" else None},
                  progress=progress, should_stop=should_stop, on_epoch=on_epoch, desc="detector", device=dev,
                  world=world)
     if result.best_state is None:

@@ -2,8 +2,8 @@
 
 Launching:
 
-- command line: ``torchrun --nproc_per_node N -m lib train ...`` or ``... -m lib train-detector ...`` (one process per GPU, or N CPU
-  processes; several machines as ``torchrun --nnodes`` allows). torchrun sets ``RANK``,
+- command line: ``torchrun --nproc_per_node N -m lib train ...`` (or ``train-detector``; one process per
+  GPU, or N CPU processes; several machines as ``torchrun --nnodes`` allows). torchrun sets ``RANK``,
   ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`process_group` joins
   the group they describe.
 - server: MONAI Label's ``multi_gpu`` request option spawns one process per visible GPU and calls
@@ -210,7 +210,8 @@ def data_parallel(network: torch.nn.Module, world: World,
     if device.type == "cuda":
         network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
     ids = [device.index] if device.type == "cuda" else None
-    forward = torch.nn.parallel.DistributedDataParallel(network, device_ids=ids, output_device=device.index if ids else None,
+    forward = torch.nn.parallel.DistributedDataParallel(network, device_ids=ids,
+                                                        output_device=device.index if ids else None,
                                                         find_unused_parameters=find_unused_parameters)
     return network, forward
 
