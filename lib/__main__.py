@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("lib.evaluation.cli", "cross-validated evaluation with baselines and a report"),
     "bench": ("lib.bench", "measure latency and throughput against the machine's limit"),
 }
-DATA_PARALLEL = ("train",)
+DATA_PARALLEL = ("train", "train-detector")
 """The commands that train data-parallel when launched as several processes (``torchrun --nproc_per_node N``);
 the others run in one process and refuse such a launch (each process would write the same files)."""
 

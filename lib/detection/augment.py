@@ -28,6 +28,7 @@ from lib.data.records import Box
 from lib.detection.negatives import negative_frame
 from lib.detection.preprocess import network_box, network_image
 from lib.detection.settings import DetectorSettings
+from lib.training.random_states import random_state_from_dict, random_state_to_dict
 
 NEGATIVE_KINDS = ("erased", "erased", "erased", "speckle", "uniform")
 """Training negatives are drawn from this list (three in five erase the recess of the training image)."""
@@ -146,14 +147,28 @@ class BoxAugmenter:
 
     def __init__(self, settings: DetectorSettings, seed: int = 0):
         self.settings = settings
-        self.rng = np.random.default_rng(seed)
         self.intensity = Compose([
             RandScaleIntensity(factors=settings.gain_range, prob=1.0 if settings.gain_range > 0 else 0.0),
             RandAdjustContrast(prob=1.0 if settings.gamma_range > 0 else 0.0,
                                gamma=(1.0 - settings.gamma_range, 1.0 + settings.gamma_range)),
             RandGaussianNoise(prob=1.0 if settings.noise_std > 0 else 0.0, std=settings.noise_std),
         ])
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restart every random draw (geometry, negatives, intensity) from ``seed``."""
+        self.rng = np.random.default_rng(seed)
         self.intensity.set_random_state(seed=seed)
+
+    def state_dict(self) -> dict:
+        """The state of every random draw (a training checkpoint saves it: a resumed training draws on)."""
+        return {"rng": self.rng.bit_generator.state,
+                "intensity": [random_state_to_dict(t.R) for t in self.intensity.transforms]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        for transform, saved in zip(self.intensity.transforms, state["intensity"]):
+            random_state_from_dict(transform.R, saved)
 
     def __call__(self, image: np.ndarray, box: Box) -> tuple[torch.Tensor, FloatBox]:
         """One random view: ``(1, H', W')`` tensor and the box on the input grid."""

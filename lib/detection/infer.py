@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from lib.data.records import Box
-from lib.detection.model_files import load_best
+from lib.detection.model_files import load_model
 from lib.detection.network import RecessNet, build_network, decode
 from lib.detection.preprocess import check_image, network_image, original_box
 from lib.detection.settings import DetectorSettings
@@ -76,7 +76,8 @@ class RecessDetector:
         settings: the :class:`DetectorSettings` the model was trained with.
         score_threshold: boxes with a lower confidence are reported as "nothing found": the model's
             calibrated confidence floor, or ``settings.score_threshold`` when that is set.
-        info: what ``model.pt`` says about its training (epoch, monitor, validation metrics, calibration).
+        info: what ``model.pt`` says about its training (``epoch``, ``monitor``, ``validation``, ``calibration``,
+            ``training``; :class:`lib.detection.model_files.DetectorBundle`).
     """
 
     def __init__(self, network: RecessNet, settings: DetectorSettings, device: torch.device | str = "cpu",
@@ -90,21 +91,20 @@ class RecessDetector:
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> "RecessDetector":
-        """Load the best checkpoint of a model directory written by :func:`lib.detection.train.train_detector`.
+        """Load the model of a folder written by :func:`lib.detection.train.train_detector`
+        (:mod:`lib.detection.model_files`).
 
         Raises:
-            ModelError: missing directory, corrupt/foreign/old checkpoint, or weights that do not fit the settings.
-            NotTrainedError: the directory holds no trained detector yet.
+            ModelError: missing folder, corrupt/foreign/older model, or weights that do not fit the settings.
+            NotTrainedError: the folder holds no trained detector yet.
         """
-        data = load_best(model_dir)
-        settings = DetectorSettings.from_dict(data["settings"], where=f"{model_dir}: saved detector settings")
-        network = build_network(settings)
+        bundle = load_model(model_dir)
+        network = build_network(bundle.settings)
         try:
-            network.load_state_dict(data["network"])
+            network.load_state_dict(bundle.state_dict)
         except RuntimeError as exc:
             raise ModelError(f"{model_dir}: detector weights do not match their settings ({exc})") from None
-        info = {k: v for k, v in data.items() if k not in ("network", "settings")}
-        return cls(network, settings, device, info)
+        return cls(network, bundle.settings, device, bundle.info)
 
     def detect(self, image: np.ndarray, min_confidence: float | None = None) -> Detection | None:
         """The recess box of one ``(H, W)`` float image in [0, 1], or None when nothing reaches the threshold.

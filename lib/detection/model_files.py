@@ -1,107 +1,75 @@
-"""The detector's model directory: what is saved, and reading it back with clear errors.
+"""The detector's model folder: :class:`~lib.training.model_folder.ModelKind` ``loris-recess-detector``, version 3.
 
-Layout of ``MODEL_DIR``::
+The layout is every model's (:mod:`lib.training.model_folder`): ``model.pt`` (written
+once training has ended and the confidence floor is calibrated), ``model.json`` (the
+same without weights, for people) and ``checkpoint_last.pt`` (for ``--resume``).
+``model.pt`` holds, besides ``settings`` and ``state_dict``: ``epoch`` (the kept epoch,
+counted from 1), ``monitor`` and ``validation`` (the validation metrics of that epoch),
+``calibration`` (the confidence floor and what it was fitted on,
+:mod:`lib.detection.calibrate`) and ``training`` (the training summary).
 
-    model.pt       the best checkpoint, self-contained: {"format", "version", "settings",
-                   "network" (state dict), "epoch", "monitor", "validation", "calibration"
-                   (the confidence floor and what it was fitted on)}; written to a
-                   temporary file and renamed, so it is never half-written
-    detector.json  the same information without weights, plus the training summary (for people)
-    last.pt        the state after the latest epoch (network, optimizer, early-stopping state,
-                   history), used by ``--resume``; also written atomically
-
-Only ``model.pt`` is needed for inference: weights and the settings that built
-them travel in one file, so they can never come from two different runs.
+Only ``model.pt`` is read for inference: weights and the settings that built them
+travel in one file, so they can never come from two different runs. Folders of
+earlier versions are refused with the commands that retrain them: version 1 (the
+RetinaNet detector) and version 2 (this network in the detector's own layout,
+``detector.json`` and ``last.pt``).
 """
 
 from __future__ import annotations
 
-import io
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+from lib.detection.settings import DetectorSettings
+from lib.training.model_folder import CHECKPOINT_FILE, INFO_FILE, MODEL_FILE, ModelKind
 
-from lib.data.atomic import write_bytes, write_json
-from lib.errors import ModelError, NotTrainedError
+__all__ = ["CHECKPOINT_FILE", "INFO_FILE", "KIND", "MODEL_FILE", "DetectorBundle", "load_model", "save_model"]
 
-FORMAT = "loris-recess-detector"
-VERSION = 2
-"""Version 1 was the RetinaNet detector (other network, no calibrated floor): such folders must be retrained."""
-BEST = "model.pt"
-LAST = "last.pt"
-INFO = "detector.json"
-
-
-def _save_torch(path: Path, obj) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_bytes(path, buffer.getvalue())
+KIND = ModelKind(
+    format="loris-recess-detector",
+    version=3,
+    what="recess detector",
+    retrain="python -m lib train-detector --data DIR --out MODEL_DIR, or POST /train/recess_detection on the server",
+    old_versions=(
+        (1, "version 1 was the RetinaNet detector (another network, no calibrated confidence floor)"),
+        (2, "version 2 kept the detector in a folder layout of its own (detector.json, last.pt)"),
+    ),
+)
 
 
-def save_best(model_dir: str | os.PathLike, *, settings: dict, network_state: dict, epoch: int, monitor: str,
-              validation: dict, calibration: dict | None = None) -> None:
-    """Write ``model.pt`` (weights + settings) atomically, then ``detector.json``.
+@dataclass
+class DetectorBundle:
+    """A loaded detector folder.
 
-    ``calibration`` is None while training runs (the floor is fitted on the best model at the end).
+    Attributes:
+        settings: the settings the network was built and trained with.
+        state_dict: the network's weights.
+        info: the rest of ``model.pt``: ``epoch``, ``monitor``, ``validation``, ``calibration``, ``training``.
+        path: the folder.
     """
-    model_dir = Path(model_dir)
-    info = {"format": FORMAT, "version": VERSION, "settings": settings, "epoch": epoch, "monitor": monitor,
-            "validation": validation, "calibration": calibration}
-    _save_torch(model_dir / BEST, {**info, "network": network_state})
-    write_json(model_dir / INFO, info)
+
+    settings: DetectorSettings
+    state_dict: dict
+    info: dict = field(default_factory=dict)
+    path: Path | None = None
 
 
-def write_info(model_dir: str | os.PathLike, info: dict) -> None:
-    """Rewrite ``detector.json`` (human-readable; never read for inference)."""
-    write_json(Path(model_dir) / INFO, {"format": FORMAT, "version": VERSION, **info})
+def save_model(model_dir: str | os.PathLike, settings: DetectorSettings, state_dict: dict, *, epoch: int,
+               monitor: str, validation: dict, calibration: dict, training: dict) -> Path:
+    """Write ``model.pt`` atomically (then ``model.json``) into ``model_dir``; returns the ``model.pt`` path."""
+    return KIND.save(model_dir, settings.to_dict(), state_dict, epoch=epoch, monitor=monitor, validation=validation,
+                     calibration=calibration, training=training)
 
 
-def save_last(model_dir: str | os.PathLike, state: dict) -> None:
-    """Write the resumable training state ``last.pt`` atomically."""
-    _save_torch(Path(model_dir) / LAST, {"format": FORMAT, "version": VERSION, **state})
-
-
-def _load(path: Path) -> dict:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a corrupt or foreign file
-        raise ModelError(f"{path}: not a readable detector checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ModelError(f"{path}: not a recess-detector checkpoint (expected format {FORMAT!r})")
-    if data.get("version") != VERSION:
-        raise ModelError(
-            f"{path}: detector format version {data.get('version')!r} is not supported by this code "
-            f"(expected {VERSION}: the detector's network changed); retrain it with "
-            f"`python -m lib train-detector --data DATA_DIR --out {path.parent}`"
-        )
-    return data
-
-
-def load_best(model_dir: str | os.PathLike) -> dict:
-    """Read ``model.pt`` of a model directory.
+def load_model(model_dir: str | os.PathLike) -> DetectorBundle:
+    """Read ``model_dir/model.pt``.
 
     Raises:
-        ModelError: the directory does not exist, or the file is corrupt, foreign or of another version.
-        NotTrainedError: the directory exists but holds no trained detector yet.
+        ModelError: the folder is missing, the file unreadable, foreign, of another version or of the older layout
+            (the message names the folder and the commands that retrain it).
+        NotTrainedError: the folder exists but holds no detector yet.
     """
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ModelError(f"{model_dir}: no such detector model directory")
-    path = model_dir / BEST
-    if not path.is_file():
-        raise NotTrainedError(
-            f"{model_dir}: no trained detector here ({BEST} is missing); "
-            f"train one with `python -m lib train-detector --data DIR --out {model_dir}`"
-        )
-    data = _load(path)
-    for key in ("settings", "network"):
-        if key not in data:
-            raise ModelError(f"{path}: checkpoint has no {key!r} entry")
-    return data
-
-
-def load_last(model_dir: str | os.PathLike) -> dict | None:
-    """Read the resumable state ``last.pt``, or None when there is none."""
-    path = Path(model_dir) / LAST
-    return _load(path) if path.is_file() else None
+    settings, data = KIND.load_settings(model_dir, DetectorSettings)
+    info = {k: v for k, v in data.items() if k not in ("format", "format_version", "settings", "state_dict")}
+    return DetectorBundle(settings=settings, state_dict=data["state_dict"], info=info, path=Path(model_dir))

@@ -2,15 +2,19 @@
 
 Parsed once into a typed object, validated at construction (errors name the
 field, the bad value and the valid choices), saved with the model and read
-back from it, so that inference rebuilds exactly the trained network.
+back from it, so that inference rebuilds exactly the trained network. The
+shared methods (``quick``, ``replace``, ``to_dict``, ``from_dict``) come from
+:class:`lib.training.settings.ModelSettings`, the base of both models' settings.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
+from typing import ClassVar
 
 from lib.errors import DataError
+from lib.training.settings import ModelSettings
 
 MONITORS = ("mean_iou", "map50", "map75")
 """Validation metrics early stopping can follow (all "higher is better")."""
@@ -24,7 +28,7 @@ STRIDE = 32
 
 
 @dataclass
-class DetectorSettings:
+class DetectorSettings(ModelSettings):
     """Settings of the single-box recess detector (see :mod:`lib.detection.network`).
 
     Geometry:
@@ -82,7 +86,8 @@ class DetectorSettings:
     Inference:
         score_threshold: a box is reported only when its confidence reaches this value; below it the answer
             is "nothing found". None (the default): the confidence floor calibrated on the validation images
-            at the end of training (:mod:`lib.detection.calibrate`).
+            at the end of training (:mod:`lib.detection.calibrate`). (``replace`` ignores None values, as for
+            every model's settings: build from ``to_dict()`` to go back to the calibrated floor.)
         flip_test: also run the horizontally flipped image and average the two boxes (test-time
             augmentation; twice the inference cost). Useful only for a model trained with ``flip``.
     """
@@ -125,8 +130,9 @@ class DetectorSettings:
     score_threshold: float | None = None
     flip_test: bool = False
 
-    def __post_init__(self) -> None:
-        self.validate()
+    QUICK: ClassVar[dict] = dict(max_epochs=80)
+    """The CPU preset (:meth:`quick`): the same network, input and recipe, half the epochs. About two minutes of
+    one core for 75 training images of 640 x 480 (measured in ``lib/detection/README.md``)."""
 
     @property
     def input_shape(self) -> tuple[int, int]:
@@ -134,8 +140,8 @@ class DetectorSettings:
         height = max(STRIDE, int(math.floor(self.image_size * self.image_aspect / STRIDE + 0.5)) * STRIDE)
         return height, self.image_size
 
-    def validate(self) -> None:
-        """Raise :class:`DataError` naming the first bad field, its value and what is allowed."""
+    def validate(self) -> "DetectorSettings":
+        """Raise :class:`DataError` naming the first bad field, its value and what is allowed; return ``self``."""
 
         def need(ok: bool, name: str, what: str) -> None:
             if not ok:
@@ -187,32 +193,4 @@ class DetectorSettings:
         need(self.score_threshold is None or (number("score_threshold") and 0.0 <= self.score_threshold <= 1.0),
              "score_threshold", "must be a confidence in [0, 1], or None for the calibrated floor")
         need(isinstance(self.flip_test, bool), "flip_test", "must be true or false")
-
-    @classmethod
-    def quick(cls, **overrides) -> "DetectorSettings":
-        """The CPU preset: the same network, input and recipe, half the epochs. About two minutes of one core
-        for 75 training images of 640 x 480 (measured in ``lib/detection/README.md``)."""
-        values = dict(max_epochs=80)
-        values.update(overrides)
-        return cls(**values)
-
-    def replace(self, **changes) -> "DetectorSettings":
-        """A validated copy with some fields changed."""
-        return replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict, where: str = "detector settings") -> "DetectorSettings":
-        """Build from a dict (a saved model, a request); unknown keys are an error that lists the valid ones."""
-        if not isinstance(data, dict):
-            raise DataError(f"{where}: expected a JSON object of settings, got {type(data).__name__}")
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise DataError(f"{where}: unknown setting(s) {', '.join(unknown)}; valid settings are {', '.join(names)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise DataError(f"{where}: {exc}") from None
+        return self

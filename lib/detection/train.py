@@ -1,4 +1,4 @@
-"""Training the recess detector on normal images only, with the habits of LoRIS training.
+"""Training the recess detector on normal images only, on the training spine both models share.
 
 - Only *normal* images with a box are trained on: a detector that saw distended
   recesses would learn what the anomaly looks like and leak it into LoRIS.
@@ -8,21 +8,33 @@
 - Validation is patient-grouped (:func:`lib.data.splits.split_train_valid`) unless
   ``valid_records`` is given; its metrics (MONAI's COCO metric,
   :mod:`lib.detection.metrics`) are recorded every epoch.
-- Schedule ``"cosine"`` (default): the learning rate decays to zero over
-  ``max_epochs`` and the model of the last epoch is kept. On a handful of
-  validation patients the epoch with the best validation score is mostly
-  luck (measured in ``lib/detection/README.md``). Schedule ``"plateau"``:
-  constant learning rate (optionally reduced on plateaus), early stopping on
-  ``settings.monitor``, the best epoch is kept.
-- The kept checkpoint (weights + settings) is written atomically; ``last.pt``
-  after every epoch makes training resumable. At the end the confidence floor
-  is calibrated on the validation images (:mod:`lib.detection.calibrate`) and
-  stored with the model.
+- The loop is :func:`lib.training.loop.fit` (epochs counted from 1, the epoch records
+  ``on_epoch`` receives, checkpoint and resume, cancel, progress, device choice, the
+  summary). Schedule ``"cosine"`` (default): the learning rate decays to zero over
+  ``max_epochs`` and the model of the last epoch is kept (``keep="last"``): on a
+  handful of validation patients the epoch with the best validation score is mostly
+  luck (measured in ``lib/detection/README.md``). Schedule ``"plateau"``: constant
+  learning rate (optionally reduced on plateaus), early stopping on
+  ``settings.monitor`` (ties broken by the mean IoU), the best epoch is kept.
+- ``checkpoint_last.pt`` after every epoch makes training resumable: it holds the
+  optimizer, the scheduler and every random generator (the epoch order, the
+  augmentations, PyTorch's), so a resumed training trains what the uninterrupted
+  one would have. At the end the confidence floor is calibrated on the validation
+  images (:mod:`lib.detection.calibrate`) and the model folder's ``model.pt`` is
+  written atomically (:mod:`lib.detection.model_files`).
+
+Several processes (``torchrun --nproc_per_node N -m lib train-detector``, MONAI Label's
+``multi_gpu``): data-parallel training (:mod:`lib.training.distributed`). Each rank
+trains on its shard of the normal training images with ``batch_size`` images per
+step (the effective batch is ``batch_size x world_size``) and its own augmentation
+draws, gradients are averaged (DDP), batch norms synchronized on GPUs; every rank
+validates on every validation image (mAP is not a mean over images), so all stop at
+the same epoch; rank 0 calibrates and writes the model. One process trains exactly
+as before the spine (the same draws in the same order: the same weights, bit for bit).
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from collections.abc import Callable
@@ -30,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from lib.data.imageio import read_boxed_images
 from lib.data.records import Record
@@ -40,13 +51,16 @@ from lib.detection.calibrate import calibrate
 from lib.detection.infer import RecessDetector
 from lib.detection.losses import detector_loss
 from lib.detection.metrics import box_metrics
-from lib.detection.model_files import load_best, load_last, save_best, save_last, write_info
+from lib.detection.model_files import KIND, save_model
 from lib.detection.network import build_network
 from lib.detection.preprocess import network_box
 from lib.detection.settings import DetectorSettings
-from lib.errors import DataError, ModelError
+from lib.errors import DataError
+from lib.training import distributed
+from lib.training.loop import fit, resumed_split
+from lib.training.random_states import NumpyGenerator, TorchGlobal
 
-ARCHITECTURE_FIELDS = ("image_size", "image_aspect", "base_channels", "blocks_per_stage", "fpn_channels")
+NETWORK_FIELDS = ("image_size", "image_aspect", "base_channels", "blocks_per_stage", "fpn_channels")
 """Settings that shape the network: a resumed run must keep them."""
 
 
@@ -80,11 +94,6 @@ def _new_network(settings: DetectorSettings, train_set: list[Record], train_imag
     return network
 
 
-def _rank(metrics: dict, monitor: str) -> tuple[float, float]:
-    # Ties of the monitored metric (e.g. mAP@75 at zero in the first epochs) are broken by the mean IoU.
-    return (metrics[monitor], metrics["mean_iou"])
-
-
 def _validate(network, settings: DetectorSettings, images: list[np.ndarray], records: list[Record], device,
               score_threshold: float = 0.0) -> dict:
     """Metrics of every image's best box (the confidence floor is calibrated only after training)."""
@@ -104,48 +113,61 @@ def train_detector(
     on_epoch: Callable[[dict], None] | None = None,
     device: str | torch.device | None = None,
 ) -> dict:
-    """Train the recess detector, calibrate its confidence floor and write its model directory.
+    """Train the recess detector, calibrate its confidence floor and write its model folder.
 
     Args:
         records: the dataset (any labels; only normal images with a box are trained on). When
             ``valid_records`` is None they are split by patient (``settings.valid_fraction``).
-        out_dir: model directory (see :mod:`lib.detection.model_files`); created if needed.
+        out_dir: the model folder (see :mod:`lib.detection.model_files`); created if needed.
         settings: :class:`DetectorSettings`; defaults when None.
         valid_records: an explicit validation set (e.g. a cross-validation fold's); its normal boxed
             images are validated on every epoch and calibrate the confidence floor, and the final report
             also covers its distended ones.
-        resume: continue from ``out_dir/last.pt`` when it exists (same architecture settings required);
-            otherwise start from scratch.
+        resume: continue from ``out_dir/checkpoint_last.pt`` when it exists (same network settings required;
+            the validation images of the first run are kept); otherwise start from scratch.
         progress: show a tqdm progress bar (one step per epoch).
-        should_stop: called between batches; returning True ends training after saving what is kept so far.
-        on_epoch: called after every epoch with ``{"epoch", "loss", "heatmap_loss", "box_loss", "learning_rate",
-            "valid", "best_epoch", "best", "seconds"}`` (``valid``: the validation metrics of that epoch, every
-            image's best box counted; ``learning_rate``: the one the next epoch will use; ``best_epoch``: the
-            epoch kept so far).
-        device: torch device; CUDA when available if None.
+        should_stop: polled between mini-batches; True ends training (the interrupted epoch is dropped, the kept
+            epoch so far is calibrated and saved).
+        on_epoch: called after every epoch with :func:`lib.training.loop.fit`'s record: ``{"epoch" (from 1),
+            "max_epochs", "train": {"loss", "heatmap_loss", "box_loss", "learning_rate" (the rate this epoch
+            trained with), "images"}, "valid" (the validation metrics of that epoch, every image's best box
+            counted: :func:`lib.detection.metrics.box_metrics`), "monitor", "value", "best_value", "best_epoch"
+            (the epoch kept so far), "seconds"}``.
+        device: "cpu", "cuda", "cuda:N", or None/"auto" (CUDA when available; several processes: each rank's
+            own GPU).
 
     Returns:
-        a summary: ``{"model_dir", "epochs_run", "best_epoch" (the kept epoch), "monitor", "best_value",
-        "stopped" ("early_stopping" | "max_epochs" | "should_stop"), "n_train", "n_valid", "valid_source"
-        ("held-out patients" | "given" | "training images (no held-out patients)"), "validation" (normal
-        validation images, kept model), "validation_all" (all boxed validation images, normal and distended,
-        kept model, calibrated floor), "calibration" (:func:`lib.detection.calibrate.calibrate`), "seconds"}``.
+        the summary of :func:`lib.training.loop.fit` (``epochs_run, best_epoch`` (the kept epoch, from 1),
+        ``monitor, best_value, stopped`` (``early_stopping`` | ``max_epochs`` | ``cancelled``), ``resumed, device,
+        seconds, history, world_size, rank, rank_epochs, gpu_peak_memory_mb``) plus ``model_dir, n_train, n_valid,
+        valid_source`` (``valid``, or ``train``: no normal validation image, the training images validate),
+        ``validation`` (normal validation images, kept model), ``validation_all`` (all boxed validation images,
+        normal and distended, kept model, calibrated floor; None when the training images validated),
+        ``calibration`` (:func:`lib.detection.calibrate.calibrate`; None on ranks other than 0, which write
+        nothing).
 
     Raises:
-        DataError: no normal image with a box to train on, or a box that leaves its image.
-        ModelError: ``resume`` with a ``last.pt`` of another architecture.
+        DataError: no normal image with a recess box to train on, a box that leaves its image, or training
+            stopped before its first epoch ended.
+        ModelError: ``resume`` with a checkpoint of another network.
     """
-    settings = settings or DetectorSettings()
-    started = time.time()
-    out_dir = Path(out_dir)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    with distributed.process_group(device) as world:
+        return _train(list(records), Path(out_dir), settings or DetectorSettings(), valid_records, resume, progress,
+                      should_stop, on_epoch, device, world)
+
+
+def _train(records, out_dir: Path, settings: DetectorSettings, valid_records, resume, progress, should_stop,
+           on_epoch, device, world: distributed.World) -> dict:
+    started = time.monotonic()
+    dev = distributed.rank_device(device, world)
+    checkpoint = distributed.from_main(lambda: KIND.load_checkpoint(out_dir), world) if resume else None
 
     if valid_records is None:
-        train_records, valid_records = split_train_valid(list(records), settings.valid_fraction, settings.seed)
-        valid_source = "held-out patients"
+        train_records, valid_records = (resumed_split(records, checkpoint)
+                                        or split_train_valid(records, settings.valid_fraction, settings.seed))
     else:
-        train_records = list(records)
-        valid_source = "given"
+        train_records = records
+    valid_source = "valid"
     train_set = _boxed_normals(train_records)
     if not train_set:
         n_normal = sum(r.label == "normal" for r in train_records)
@@ -159,140 +181,83 @@ def train_detector(
     if valid_set:
         valid_images = read_boxed_images(valid_set)
     else:
-        valid_set, valid_images, valid_source = train_set, train_images, "training images (no held-out patients)"
+        valid_set, valid_images, valid_source = train_set, train_images, "train"
 
-    network = _new_network(settings, train_set, train_images).to(device)
+    # the head reads the FPN's finest level only: the coarse levels' output convolutions get no gradient
+    network, forward = distributed.data_parallel(_new_network(settings, train_set, train_images).to(dev), world,
+                                                 find_unused_parameters=True)
     optimizer = _make_optimizer(settings, network.parameters())
     scheduler = _make_scheduler(settings, optimizer)
-    keep_last = settings.schedule == "cosine"
     rng = np.random.default_rng(settings.seed)
     augmenter = BoxAugmenter(settings, seed=settings.seed)
-    start_epoch, best_epoch, best_rank, bad_epochs, history = 0, None, None, 0, []
-    best_state, best_valid = None, None
+    if checkpoint is not None and checkpoint["settings"].get("schedule") != settings.schedule:
+        checkpoint = {**checkpoint, "scheduler": None}  # another schedule's state: this one starts afresh
 
-    last = load_last(out_dir) if resume else None
-    if last is not None:
-        saved = DetectorSettings.from_dict(last["settings"], where=f"{out_dir / 'last.pt'}: settings")
-        changed = [f for f in ARCHITECTURE_FIELDS if getattr(saved, f) != getattr(settings, f)]
-        if changed:
-            raise ModelError(
-                f"{out_dir}: cannot resume, the saved run has different {', '.join(changed)} "
-                f"({', '.join(f'{f}={getattr(saved, f)!r}' for f in changed)}); train without --resume or "
-                f"use the same settings"
-            )
-        network.load_state_dict(last["network"])
-        optimizer.load_state_dict(last["optimizer"])
-        if scheduler is not None and last.get("scheduler") and saved.schedule == settings.schedule:
-            scheduler.load_state_dict(last["scheduler"])
-        start_epoch, bad_epochs, history = last["epoch"] + 1, last["bad_epochs"], list(last["history"])
-        best_epoch = last["best_epoch"]
-        best_rank = tuple(last["best_rank"]) if last["best_rank"] is not None else None
-        rng.bit_generator.state = last["rng"]
-        torch.set_rng_state(last["torch_rng"])
-        augmenter = BoxAugmenter(settings, seed=settings.seed + start_epoch)
-        if best_epoch is not None:
-            best = load_best(out_dir)
-            best_state, best_valid = best["network"], best["validation"]
-
-    stopped = "max_epochs"
-    bar = tqdm(total=settings.max_epochs, initial=start_epoch, disable=not progress, desc="detector", unit="epoch")
-    for epoch in range(start_epoch, settings.max_epochs):
-        if not keep_last and bad_epochs >= settings.patience:
-            stopped = "early_stopping"
-            break
-        tic = time.time()
-        network.train()
-        order = rng.permutation(len(train_set))
-        sums, batches, interrupted = np.zeros(2), 0, False
+    def train_epoch(epoch: int, stop: Callable[[], bool]) -> dict | None:
+        forward.train()
+        if world.distributed:  # this rank's shard of the epoch's permutation, its own augmentation draws
+            order = distributed.epoch_shard(len(train_set), epoch, settings.seed, world).numpy()
+            seed = distributed.epoch_seed(settings.seed, epoch, world.rank)
+            rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
+            augmenter.reseed(seed)
+        else:
+            order = rng.permutation(len(train_set))
+        learning_rate = optimizer.param_groups[0]["lr"]
+        sums, batches, seen = np.zeros(2), 0, 0
         for b in range(0, len(order), settings.batch_size):
-            if should_stop is not None and should_stop():
-                interrupted = True
-                break
+            if stop():
+                return None
             views = [
                 (augmenter.negative(train_images[i], train_set[i].box), None)
                 if rng.random() < settings.negative_fraction else augmenter(train_images[i], train_set[i].box)
                 for i in order[b : b + settings.batch_size]
             ]
-            images = torch.stack([v[0] for v in views]).to(device)
-            losses = detector_loss(*network(images), [v[1] for v in views], settings.heatmap_sigma,
+            images = torch.stack([v[0] for v in views]).to(dev)
+            losses = detector_loss(*forward(images), [v[1] for v in views], settings.heatmap_sigma,
                                    settings.box_weight)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()
             sums += [float(losses["heatmap"].detach()), float(losses["box"].detach())]
             batches += 1
-        if interrupted:
-            stopped = "should_stop"
-            break
-
-        valid = _validate(network, settings, valid_images, valid_set, device)
-        rank = _rank(valid, settings.monitor)
-        if keep_last or best_rank is None or rank > best_rank:
-            best_rank, best_epoch, bad_epochs = rank, epoch, 0
-            best_state = copy.deepcopy(network.state_dict())
-            best_valid = valid
-            save_best(out_dir, settings=settings.to_dict(), network_state=best_state, epoch=epoch,
-                      monitor=settings.monitor, validation=valid)
-        else:
-            bad_epochs += 1
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(rank[0])
-        elif scheduler is not None:
-            scheduler.step()
+            seen += len(views)
         heatmap_loss, box_loss = (sums / max(batches, 1)).tolist()
-        record = {"epoch": epoch, "loss": heatmap_loss + settings.box_weight * box_loss,
-                  "heatmap_loss": heatmap_loss, "box_loss": box_loss,
-                  "learning_rate": optimizer.param_groups[0]["lr"],
-                  "valid": valid, "best_epoch": best_epoch, "best": best_valid[settings.monitor],
-                  "seconds": time.time() - tic}
-        history.append(record)
-        save_last(out_dir, {
-            "settings": settings.to_dict(), "network": network.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
-            "epoch": epoch, "bad_epochs": bad_epochs, "best_epoch": best_epoch,
-            "best_rank": list(best_rank), "history": history, "rng": rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-        })
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.3f}", **{settings.monitor: f"{valid[settings.monitor]:.3f}"},
-                        kept=f"{record['best']:.3f}@{best_epoch}")
-        if on_epoch is not None:
-            on_epoch(record)
-    else:
-        if not keep_last and bad_epochs >= settings.patience:
-            stopped = "early_stopping"
-    bar.close()
+        return {"loss": heatmap_loss + settings.box_weight * box_loss, "heatmap_loss": heatmap_loss,
+                "box_loss": box_loss, "learning_rate": learning_rate, "images": seen}
 
-    summary = {
-        "model_dir": str(out_dir),
-        "epochs_run": len(history),
-        "best_epoch": best_epoch,
-        "monitor": settings.monitor,
-        "best_value": best_valid[settings.monitor] if best_valid else None,
-        "stopped": stopped,
-        "n_train": len(train_set),
-        "n_valid": len(valid_set),
-        "valid_source": valid_source,
-        "validation": best_valid,
-        "validation_all": None,
-        "calibration": None,
-        "seconds": None,
-    }
-    if best_state is not None:
-        network.load_state_dict(best_state)
-        calibration = calibrate(RecessDetector(network, settings, device), valid_images,
-                                [r.box for r in valid_set], seed=settings.seed)
-        summary["calibration"] = calibration
-        save_best(out_dir, settings=settings.to_dict(), network_state=best_state, epoch=best_epoch,
-                  monitor=settings.monitor, validation=best_valid, calibration=calibration)
-        threshold = RecessDetector(network, settings, device, {"calibration": calibration}).score_threshold
-        if valid_all and valid_source != "training images (no held-out patients)":
-            others = [r for r in valid_all if r.label != "normal"]
-            images_all = valid_images + read_boxed_images(others)
-            summary["validation_all"] = _validate(network, settings, images_all, valid_set + others, device,
-                                                  threshold)
-        summary["seconds"] = time.time() - started
-        write_info(out_dir, {"settings": settings.to_dict(), "epoch": best_epoch, "monitor": settings.monitor,
-                             "validation": best_valid, "calibration": calibration, "training": summary})
-    summary["seconds"] = time.time() - started
+    def validate() -> dict:
+        return _validate(network, settings, valid_images, valid_set, dev)
+
+    result = fit(kind=KIND, out_dir=out_dir, settings=settings, network=network, train_epoch=train_epoch,
+                 validate=validate, monitor=settings.monitor, mode="max", tie_break="mean_iou",
+                 keep="last" if settings.schedule == "cosine" else "best", scheduler=scheduler,
+                 stateful={"optimizer": optimizer, "rng": NumpyGenerator(rng), "augmenter": augmenter,
+                           "torch_rng": TorchGlobal()},
+                 network_fields=NETWORK_FIELDS, checkpoint=checkpoint,
+                 extra_checkpoint={"valid_images": [r.image for r in valid_records]
+                                   if valid_source == "valid" else None},
+                 progress=progress, should_stop=should_stop, on_epoch=on_epoch, desc="detector", device=dev,
+                 world=world)
+    if result.best_state is None:
+        raise DataError("detector training was stopped before the first epoch ended; no model saved")
+    kept = next(r for r in result.summary["history"] if r["epoch"] == result.summary["best_epoch"])
+    summary = {"model_dir": str(out_dir), **result.summary, "n_train": len(train_set), "n_valid": len(valid_set),
+               "valid_source": valid_source, "validation": kept["valid"], "validation_all": None,
+               "calibration": None}
+    if not world.is_main:
+        return {**summary, "seconds": time.monotonic() - started}
+
+    network.load_state_dict(result.best_state)
+    calibration = calibrate(RecessDetector(network, settings, dev), valid_images, [r.box for r in valid_set],
+                            seed=settings.seed)
+    summary["calibration"] = calibration
+    threshold = RecessDetector(network, settings, dev, {"calibration": calibration}).score_threshold
+    if valid_all and valid_source == "valid":
+        others = [r for r in valid_all if r.label != "normal"]
+        images_all = valid_images + read_boxed_images(others)
+        summary["validation_all"] = _validate(network, settings, images_all, valid_set + others, dev, threshold)
+    summary["seconds"] = time.monotonic() - started
+    save_model(out_dir, settings, result.best_state, epoch=summary["best_epoch"], monitor=settings.monitor,
+               validation=kept["valid"], calibration=calibration,
+               training={k: v for k, v in summary.items() if k != "history"})
     return summary

@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lib.errors import DataError, ModelError
 from lib.loris.preprocess import NORMALIZATION
 from lib.loris.settings import LorisSettings
 from lib.training.model_folder import CHECKPOINT_FILE, INFO_FILE, MODEL_FILE, ModelKind, read_info
@@ -57,12 +56,7 @@ def load_model(model_dir: str | os.PathLike) -> ModelBundle:
             with the command that retrains it).
         NotTrainedError: the folder exists but holds no model yet.
     """
-    data = KIND.load(model_dir)
-    try:
-        settings = LorisSettings.from_dict(data["settings"], where="settings")
-    except DataError as exc:
-        raise ModelError(f"{Path(model_dir) / MODEL_FILE}: incompatible LoRIS model: {exc}; retrain it: "
-                         f"{KIND.retrain}") from None
+    settings, data = KIND.load_settings(model_dir, LorisSettings)
     calibration = data.get("calibration")
     return ModelBundle(
         settings=settings,

@@ -55,8 +55,9 @@ from lib.loris.network import build_network
 from lib.loris.reconstruction import reconstruct
 from lib.loris.settings import LorisSettings
 from lib.training import distributed
-from lib.training.loop import fit
+from lib.training.loop import fit, resumed_split
 from lib.training.precision import Precision
+from lib.training.random_states import TorchGenerator
 
 NETWORK_FIELDS = ("image_size", "architecture", "channels", "strides", "num_res_units", "norm", "dropout", "mode")
 """Settings that define the network's weights: a resumed run must keep them."""
@@ -173,12 +174,8 @@ def _train(records, out_dir, settings: LorisSettings, valid_records, resume, pro
     checkpoint = distributed.from_main(lambda: KIND.load_checkpoint(out_dir), world) if resume else None
     records = list(records)
     if valid_records is None:
-        if checkpoint is not None and checkpoint.get("valid_images") is not None:
-            names = set(checkpoint["valid_images"])
-            train_records = [r for r in records if r.image not in names]
-            valid_records = [r for r in records if r.image in names]
-        else:
-            train_records, valid_records = split_patients(records, settings.valid_fraction, settings.seed)
+        train_records, valid_records = (resumed_split(records, checkpoint)
+                                        or split_patients(records, settings.valid_fraction, settings.seed))
     else:
         train_records = records
     train_records = [r for r in labelled_and_boxed(train_records) if r.is_normal]
@@ -243,7 +240,7 @@ def _train(records, out_dir, settings: LorisSettings, valid_records, resume, pro
             group["lr"] = settings.learning_rate
     result = fit(kind=KIND, out_dir=out_dir, settings=settings, network=network, train_epoch=train_epoch,
                  validate=validate, monitor="valid_loss", mode="min",
-                 stateful={"optimizer": optimizer, "generator": _GeneratorState(generator), **amp.stateful()},
+                 stateful={"optimizer": optimizer, "generator": TorchGenerator(generator), **amp.stateful()},
                  network_fields=NETWORK_FIELDS, checkpoint=checkpoint,
                  extra_checkpoint={"valid_images": [r.image for r in valid_records] if valid_source == "valid" else None},
                  progress=progress, should_stop=should_stop, on_epoch=on_epoch, desc="LoRIS train", device=dev,
@@ -264,15 +261,3 @@ def _train(records, out_dir, settings: LorisSettings, valid_records, resume, pro
     summary["calibration"] = calibration
     return summary
 
-
-class _GeneratorState:
-    """A ``torch.Generator`` seen as a checkpointable object (its random state)."""
-
-    def __init__(self, generator: torch.Generator) -> None:
-        self.generator = generator
-
-    def state_dict(self) -> torch.Tensor:
-        return self.generator.get_state()
-
-    def load_state_dict(self, state: torch.Tensor) -> None:
-        self.generator.set_state(state)

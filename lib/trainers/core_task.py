@@ -47,7 +47,7 @@ Multi-GPU: with ``"multi_gpu": true`` and at least two visible GPUs (``gpus``:
 ``all`` or a list such as ``"0,1"``), MONAI Label's :class:`BasicTrainTask` spawns one
 process per GPU (:func:`torch.multiprocessing.spawn`) and calls :meth:`CoreTrainTask.train`
 with its rank. A trainer whose method trains data-parallel (:attr:`CoreTrainTask.data_parallel`:
-LoRIS, through :mod:`lib.training.distributed`) joins the NCCL process group
+LoRIS and the recess detector, through :mod:`lib.training.distributed`) joins the NCCL process group
 (``MASTER_ADDR``/``MASTER_PORT`` from MONAI Label's train subprocess; the request's
 ``distributed_backend``/``distributed_url`` when given, as MONAI Label sets on Windows), and
 every rank trains on its share of the images on GPU ``rank``; rank 0 alone publishes the
@@ -170,7 +170,7 @@ class CoreTrainTask(BasicTrainTask):
         if changes.get("patience", 1) <= 0:
             changes["patience"] = changes.get("max_epochs", base.max_epochs)
         try:
-            return base.replace(**changes) if hasattr(base, "replace") else type(base)(**{**base.to_dict(), **changes})
+            return base.replace(**changes)
         except TypeError as exc:
             raise DataError(f"train params: {exc}") from None
 

@@ -14,7 +14,12 @@ from lib.trainers.core_task import CoreTrainTask
 
 
 class RecessDetectionTrainer(CoreTrainTask):
-    """Train the recess detector from the datastore into ``model_dir`` (``lib.detection`` model directory)."""
+    """Train the recess detector from the datastore into ``model_dir`` (``lib.detection`` model folder).
+
+    Data-parallel with ``multi_gpu`` (every rank trains on its share of the images, rank 0 publishes).
+    """
+
+    data_parallel = True
 
     def __init__(self, model_dir: Path, quick_default: bool = True):
         super().__init__(model_dir, "Recess detector (one-box heatmap network) trained on normal boxed images", quick_default)

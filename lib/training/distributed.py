@@ -2,8 +2,8 @@
 
 Launching:
 
-- command line: ``torchrun --nproc_per_node N -m lib train ...`` (one process per GPU, or N CPU
-  processes; several machines as ``torchrun --nnodes`` allows). torchrun sets ``RANK``,
+- command line: ``torchrun --nproc_per_node N -m lib train ...`` (or ``train-detector``; one process per
+  GPU, or N CPU processes; several machines as ``torchrun --nnodes`` allows). torchrun sets ``RANK``,
   ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`process_group` joins
   the group they describe.
 - server: MONAI Label's ``multi_gpu`` request option spawns one process per visible GPU and calls
@@ -27,7 +27,8 @@ What :func:`~lib.training.loop.fit` does by itself when the world has several pr
 - the summary gains ``world_size``, ``rank`` and ``rank_epochs`` (the epochs each rank ran, gathered:
   equal on every rank).
 
-What a model's training function must do to get DDP (as :func:`lib.loris.train.train` does):
+What a model's training function must do to get DDP (as :func:`lib.loris.train.train` and
+:func:`lib.detection.train.train_detector` do):
 
 1. Run inside ``with process_group(device) as world:`` (joins a torchrun launch, uses a group already
    joined, e.g. by the server, and is a world of one otherwise) and take its device from
@@ -44,7 +45,9 @@ What a model's training function must do to get DDP (as :func:`lib.loris.train.t
    seeded by ``seed + epoch`` (:class:`torch.utils.data.DistributedSampler`: the same on every rank,
    padded so that every rank has as many images, hence mini-batches: DDP needs every rank to run as
    many backward passes), and ``generator`` reseeded for this epoch and rank (augmentations differ
-   between ranks and a resumed run draws the same). ``batch_size`` is per process: the effective
+   between ranks and a resumed run draws the same). A model whose draws come from other generators
+   (the detector's numpy ones) takes ``epoch_shard(n, epoch, seed, world)`` and reseeds them with
+   ``epoch_seed(seed, epoch, rank)``. ``batch_size`` is per process: the effective
    batch is ``batch_size x world_size``. Return the epoch's means with ``"images"``: how many images
    they cover.
 5. Validate on ``shard(n_valid, world)`` (this rank's share of the validation images) with the unwrapped
@@ -190,14 +193,16 @@ def process_group(device: str | torch.device | None = "auto", *, rank: int | Non
         dist.destroy_process_group()
 
 
-def data_parallel(network: torch.nn.Module, world: World) -> tuple[torch.nn.Module, torch.nn.Module]:
+def data_parallel(network: torch.nn.Module, world: World,
+                  find_unused_parameters: bool = False) -> tuple[torch.nn.Module, torch.nn.Module]:
     """``(network, forward)``: the module to checkpoint and save, and the module to train through.
 
     One process: both are ``network``. Several: batch norms become :class:`torch.nn.SyncBatchNorm` on GPUs
     (statistics over the whole distributed mini-batch; the CPU has no synchronized batch norm, each rank
     normalizes its own mini-batch) and ``forward`` is ``DistributedDataParallel(network)``, which averages
     the gradients across ranks (its parameters start as rank 0's). ``network`` must already be on the
-    rank's device.
+    rank's device. ``find_unused_parameters``: some parameters take no part in the loss (e.g. FPN levels
+    the head does not read); they then get no gradient, as in one process.
     """
     if not world.distributed:
         return network, network
@@ -205,7 +210,9 @@ def data_parallel(network: torch.nn.Module, world: World) -> tuple[torch.nn.Modu
     if device.type == "cuda":
         network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
     ids = [device.index] if device.type == "cuda" else None
-    forward = torch.nn.parallel.DistributedDataParallel(network, device_ids=ids, output_device=device.index if ids else None)
+    forward = torch.nn.parallel.DistributedDataParallel(network, device_ids=ids,
+                                                        output_device=device.index if ids else None,
+                                                        find_unused_parameters=find_unused_parameters)
     return network, forward
 
 
@@ -213,15 +220,23 @@ def epoch_order(n: int, epoch: int, seed: int, world: World, generator: torch.Ge
     """The training indices this rank visits in ``epoch`` (1-based), in order (see the module docstring, 4)."""
     if not world.distributed:
         return torch.randperm(n, generator=generator)
+    generator.manual_seed(epoch_seed(seed, epoch, world.rank))
+    return epoch_shard(n, epoch, seed, world)
+
+
+def epoch_shard(n: int, epoch: int, seed: int, world: World) -> torch.Tensor:
+    """This rank's share of a permutation of ``n`` training indices for ``epoch``, the same permutation on every
+    rank (:class:`torch.utils.data.DistributedSampler`, padded so that every rank gets as many)."""
     from torch.utils.data import DistributedSampler
 
     sampler = DistributedSampler(range(n), num_replicas=world.world_size, rank=world.rank, shuffle=True, seed=seed)
     sampler.set_epoch(epoch)
-    generator.manual_seed(_epoch_seed(seed, epoch, world.rank))
     return torch.tensor(list(sampler), dtype=torch.long)
 
 
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of a rank's random draws (augmentations) in ``epoch`` of a data-parallel training: distinct per
+    rank and epoch, and the same when a resumed training draws that epoch again."""
     return (int(seed) * 1_000_003 + epoch * 9_973 + rank) % (2 ** 63)
 
 
@@ -239,7 +254,8 @@ def average(values: dict | None, world: World) -> dict | None:
 
     Each rank's means are weighted by its ``values["images"]`` (1 when absent); ``images`` becomes the
     total. The result is rank 0's reduction, broadcast, so it is bit for bit the same on every rank.
-    Non-numbers are kept as they are. One process: ``values`` unchanged.
+    Non-numbers are kept as they are; a whole number whose mean is whole stays a whole number (a count every
+    rank computed alike). One process: ``values`` unchanged.
     """
     if values is None or not world.distributed:
         return values
@@ -253,6 +269,8 @@ def average(values: dict | None, world: World) -> dict | None:
     out = dict(values)
     for i, k in enumerate(keys):
         out[k] = float(t[i + 1]) / total if total > 0 else float("nan")
+        if isinstance(values[k], int) and out[k].is_integer():
+            out[k] = int(out[k])  # a count the ranks agree on stays a count
     if "images" in values:
         out["images"] = int(round(total))
     return out

@@ -12,7 +12,11 @@ The same for every model:
 - epochs are counted from 1; ``on_epoch`` receives ``{"epoch", "max_epochs", "train": {...},
   "valid": {...}, "monitor", "value", "best_value", "best_epoch", "seconds"}`` after each;
 - early stopping on ``monitor`` (``mode`` ``min`` or ``max``) after ``patience`` epochs
-  without improvement; the best weights are kept;
+  without improvement; the best weights are kept (``tie_break``: a second metric decides between
+  epochs whose ``monitor`` is equal); or, with ``keep="last"`` (a schedule that decays the learning
+  rate to its end), every epoch runs and the last one's weights are kept;
+- a learning-rate ``scheduler`` is stepped once per epoch, after validation (``ReduceLROnPlateau``
+  with the ``monitor`` value), and checkpointed with the rest;
 - ``checkpoint_last.pt`` is written atomically after every epoch; a training resumed from it
   (``checkpoint``) continues where it stopped, when its network settings are the same (else
   :class:`~lib.errors.ModelError`);
@@ -47,7 +51,7 @@ from lib.training.devices import resolve_device
 from lib.training.distributed import World
 from lib.training.model_folder import ModelKind
 
-__all__ = ["EarlyStopping", "Fit", "fit", "resolve_device"]
+__all__ = ["EarlyStopping", "Fit", "fit", "resolve_device", "resumed_split"]
 
 
 class EarlyStopping:
@@ -58,27 +62,40 @@ class EarlyStopping:
             raise ValueError(f"mode must be min or max, got {mode!r}")
         self.patience, self.mode = patience, mode
         self.best_value: float | None = None
+        self.best_tie: float | None = None
         self.best_epoch = 0
         self.bad_epochs = 0
 
-    def step(self, value: float, epoch: int) -> bool:
-        """Record ``value`` of ``epoch``; True when it is the best so far (ties keep the earlier epoch)."""
-        better = self.best_value is None or (value < self.best_value if self.mode == "min" else value > self.best_value)
+    def _better(self, a: float, b: float) -> bool:
+        return a < b if self.mode == "min" else a > b
+
+    def step(self, value: float, epoch: int, tie: float | None = None) -> bool:
+        """Record ``value`` of ``epoch``; True when it is the best so far. Ties keep the earlier epoch, unless
+        ``tie`` (a second metric, better in the same direction) is better than the kept epoch's."""
+        better = self.best_value is None or self._better(value, self.best_value) or (
+            value == self.best_value and tie is not None and self.best_tie is not None
+            and self._better(tie, self.best_tie))
         if better and not (isinstance(value, float) and math.isnan(value)):
-            self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+            self.take(value, epoch, tie)
             return True
         self.bad_epochs += 1
         return False
+
+    def take(self, value: float, epoch: int, tie: float | None = None) -> None:
+        """Keep ``epoch`` whatever its value (a schedule that keeps the last epoch)."""
+        self.best_value, self.best_epoch, self.best_tie, self.bad_epochs = value, epoch, tie, 0
 
     @property
     def should_stop(self) -> bool:
         return self.bad_epochs >= self.patience
 
     def state_dict(self) -> dict:
-        return {"best_value": self.best_value, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+        return {"best_value": self.best_value, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+                "best_tie": self.best_tie}
 
     def load_state_dict(self, state: dict) -> None:
         self.best_value, self.best_epoch, self.bad_epochs = state["best_value"], state["best_epoch"], state["bad_epochs"]
+        self.best_tie = state.get("best_tie")
 
 
 @dataclass
@@ -100,7 +117,7 @@ def fit(*, kind: ModelKind, out_dir: str | os.PathLike, settings, network: torch
         best_state: Callable[[], dict] | None = None, extra_checkpoint: dict | None = None,
         checkpoint: dict | None = None, progress: bool = True, should_stop: Callable[[], bool] | None = None,
         on_epoch: Callable[[dict], None] | None = None, desc: str = "train", device=None,
-        world: World | None = None) -> Fit:
+        world: World | None = None, keep: str = "best", tie_break: str | None = None, scheduler=None) -> Fit:
     """Run the epochs of one training (see the module docstring).
 
     Args:
@@ -121,7 +138,16 @@ def fit(*, kind: ModelKind, out_dir: str | os.PathLike, settings, network: torch
         progress, should_stop, on_epoch, desc, device: see the module docstring.
         world: the processes training together (:func:`lib.training.distributed.process_group`); default: the
             process group joined, or this process alone.
+        keep: ``"best"`` (early stopping, the best epoch kept) or ``"last"`` (no early stopping, every epoch runs
+            and the last is kept; ``best_epoch``/``best_value`` then name the kept, last, epoch).
+        tie_break: a validation metric (better in the same ``mode``) that decides between epochs whose ``monitor``
+            is equal (e.g. a mAP still at zero); None keeps the earlier epoch.
+        scheduler: a learning-rate scheduler stepped after each epoch's validation (``ReduceLROnPlateau``:
+            ``step(monitor value)``, built with the same ``mode``); saved and restored as the checkpoint's
+            ``"scheduler"`` (a checkpoint whose ``"scheduler"`` is None leaves it as it is).
     """
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be best or last, got {keep!r}")
     world = world or distributed.current()
     out_dir = Path(out_dir)
     started = time.monotonic()
@@ -129,6 +155,8 @@ def fit(*, kind: ModelKind, out_dir: str | os.PathLike, settings, network: torch
     if gpu is not None:
         torch.cuda.reset_peak_memory_stats(gpu)
     stateful = dict(stateful or {})
+    if scheduler is not None:
+        stateful["scheduler"] = scheduler
     stopper = EarlyStopping(settings.patience, mode)
     best_state = best_state or network.state_dict
     kept, history, epoch = None, [], 0
@@ -155,7 +183,7 @@ def fit(*, kind: ModelKind, out_dir: str | os.PathLike, settings, network: torch
                unit="epoch", dynamic_ncols=True)
     try:
         while epoch < settings.max_epochs:
-            if stopper.should_stop:
+            if keep == "best" and stopper.should_stop:
                 stopped = "early_stopping"
                 break
             t0 = time.monotonic()
@@ -167,8 +195,15 @@ def fit(*, kind: ModelKind, out_dir: str | os.PathLike, settings, network: torch
             distributed.broadcast_buffers(network, world)
             valid = distributed.average(validate(), world)
             value = float(valid[monitor])
-            if stopper.step(value, epoch):
+            tie = float(valid[tie_break]) if tie_break is not None else None
+            if keep == "last":
+                stopper.take(value, epoch, tie)
+            if keep == "last" or stopper.step(value, epoch, tie):
                 kept = {k: v.detach().cpu().clone() for k, v in best_state().items()}
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(value)
+            elif scheduler is not None:
+                scheduler.step()
             record = {"epoch": epoch, "max_epochs": settings.max_epochs, "train": train, "valid": valid,
                       "monitor": monitor, "value": value, "best_value": stopper.best_value,
                       "best_epoch": stopper.best_epoch, "seconds": time.monotonic() - t0}
@@ -186,7 +221,7 @@ def fit(*, kind: ModelKind, out_dir: str | os.PathLike, settings, network: torch
             if on_epoch is not None and world.is_main:
                 on_epoch(dict(record))
         else:
-            if stopper.should_stop:
+            if keep == "best" and stopper.should_stop:
                 stopped = "early_stopping"
     finally:
         bar.close()
@@ -197,3 +232,14 @@ def fit(*, kind: ModelKind, out_dir: str | os.PathLike, settings, network: torch
                "world_size": world.world_size, "rank": world.rank, "rank_epochs": distributed.gather(epoch, world),
                "gpu_peak_memory_mb": torch.cuda.max_memory_allocated(gpu) / 2 ** 20 if gpu is not None else None}
     return Fit(kept, summary)
+
+
+def resumed_split(records: list, checkpoint: dict | None) -> tuple[list, list] | None:
+    """``(train, valid)``: ``records`` split as the training that wrote ``checkpoint`` split them (its
+    ``valid_images``, the names of its validation images, saved through ``extra_checkpoint``); None when there is
+    no checkpoint or it recorded no split. A resumed training thus keeps its validation images even when the data
+    set has grown since."""
+    if checkpoint is None or checkpoint.get("valid_images") is None:
+        return None
+    names = set(checkpoint["valid_images"])
+    return [r for r in records if r.image not in names], [r for r in records if r.image in names]

@@ -13,9 +13,10 @@ Layout of ``MODEL_DIR``::
 model in the folder keeps serving while a new one trains. Files are loaded with
 ``torch.load(weights_only=True)``: they hold only tensors and plain JSON types.
 
-A :class:`ModelKind` names a model's format and version and the command that retrains it;
+A :class:`ModelKind` names a model's format and version and the commands that retrain it;
 a folder of another version, or of the layout before this one (``detector.json``,
-``last.pt``, a ``version`` key), is refused with a message that names that command.
+``last.pt``, a ``version`` key), is refused with a message that names the folder and
+those commands. Saving a model into a folder of the older layout removes its old files.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 
 from lib.data.atomic import atomic_path, write_json
-from lib.errors import ModelError, NotTrainedError
+from lib.errors import DataError, ModelError, NotTrainedError
 
 MODEL_FILE = "model.pt"
 INFO_FILE = "model.json"
@@ -60,8 +61,10 @@ class ModelKind:
         format: the ``format`` string written in every file (``"loris-model"``).
         version: the ``format_version`` this code writes and reads.
         what: the model's name in messages (``"LoRIS model"``).
-        retrain: how to train one, named in messages (``"python -m lib train ... or POST /train/loris"``).
-        old_versions: ``{version: why it is refused}`` for earlier versions, added to their message.
+        retrain: how to train one, named in messages (``"python -m lib train --data DIR --out MODEL_DIR, or POST
+            /train/loris"``); ``MODEL_DIR`` is replaced by the folder in question.
+        old_versions: ``{version: why it is refused}`` for earlier versions, added to their message (the
+            ``format_version``, or for a folder of the older layout its ``version``).
     """
 
     format: str
@@ -70,11 +73,21 @@ class ModelKind:
     retrain: str
     old_versions: tuple[tuple[int, str], ...] = ()
 
+    def retrain_in(self, model_dir: str | os.PathLike) -> str:
+        """:attr:`retrain` for the folder ``model_dir``."""
+        return self.retrain.replace("MODEL_DIR", str(model_dir))
+
     # --- the model ---------------------------------------------------------------------------------------------
     def save(self, model_dir: str | os.PathLike, settings: dict, state_dict: dict, **meta) -> Path:
-        """Write ``model.pt`` atomically, then ``model.json``; returns the ``model.pt`` path."""
+        """Write ``model.pt`` atomically, then ``model.json``; returns the ``model.pt`` path.
+
+        Files of the older layout in ``model_dir`` (:data:`OLD_LAYOUT_FILES`) are removed first: the folder then
+        holds this model only.
+        """
         model_dir = Path(model_dir)
         model_dir.mkdir(parents=True, exist_ok=True)
+        for name in OLD_LAYOUT_FILES:
+            (model_dir / name).unlink(missing_ok=True)
         info = {"format": self.format, "format_version": self.version, "settings": settings, **meta}
         state = {k: v.detach().cpu() for k, v in state_dict.items()}
         _torch_save_atomic({**info, "state_dict": state}, model_dir / MODEL_FILE)
@@ -94,12 +107,13 @@ class ModelKind:
             raise ModelError(f"{model_dir}: {self.what} directory not found")
         path = model_dir / MODEL_FILE
         old_layout = [name for name in OLD_LAYOUT_FILES if (model_dir / name).is_file()]
+        retrain = self.retrain_in(model_dir)
         if not path.is_file():
             if (model_dir / CHECKPOINT_FILE).is_file():
                 raise NotTrainedError(f"{model_dir}: no trained {self.what} ({MODEL_FILE} missing) (training has "
-                                      f"started: a checkpoint exists); train one first: {self.retrain}")
+                                      f"started: a checkpoint exists); train one first: {retrain}")
             raise NotTrainedError(f"{model_dir}: no trained {self.what} ({MODEL_FILE} missing); "
-                                  f"train one first: {self.retrain}")
+                                  f"train one first: {retrain}")
         data = _torch_load(path, self.what)
         problems = []
         if data.get("format") != self.format:
@@ -108,6 +122,8 @@ class ModelKind:
         if old_layout or "format_version" not in data:
             problems.append("it was written by an older version of this project (" +
                             (", ".join(old_layout) if old_layout else "a 'version' key") + ")")
+            if data.get("format") == self.format:
+                problems += [why for old, why in self.old_versions if old == version]
         elif version != self.version:
             problems.append(f"format_version is {version!r}, this code reads version {self.version}")
             problems += [why for old, why in self.old_versions if old == version]
@@ -115,8 +131,25 @@ class ModelKind:
             if not problems and not isinstance(data.get(key), dict):
                 problems.append(f"{key!r} is missing")
         if problems:
-            raise ModelError(f"{path}: incompatible {self.what}: " + "; ".join(problems) + f"; retrain it: {self.retrain}")
+            raise ModelError(f"{path}: incompatible {self.what}: " + "; ".join(problems) + f"; retrain it: {retrain}")
         return data
+
+    def load_settings(self, model_dir: str | os.PathLike, settings_type: type) -> tuple:
+        """``(settings, data)``: :meth:`load`'s dict and its ``settings`` built as ``settings_type``
+        (a :class:`~lib.training.settings.ModelSettings`).
+
+        Raises:
+            ModelError: what :meth:`load` raises, or settings this code does not know (named, with the retrain
+                commands).
+            NotTrainedError: the folder exists but holds no model yet.
+        """
+        data = self.load(model_dir)
+        try:
+            settings = settings_type.from_dict(data["settings"], where="settings")
+        except DataError as exc:
+            raise ModelError(f"{Path(model_dir) / MODEL_FILE}: incompatible {self.what}: {exc}; retrain it: "
+                             f"{self.retrain_in(model_dir)}") from None
+        return settings, data
 
     # --- the training checkpoint -------------------------------------------------------------------------------
     def save_checkpoint(self, model_dir: str | os.PathLike, state: dict) -> None:

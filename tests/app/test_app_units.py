@@ -236,3 +236,19 @@ def test_app_config_reads_the_pacs_filter_store_and_frame_limit(tmp_path):
                           ('{"Modality": ["US"]}', "expected a JSON object")):
         with pytest.raises(DataError, match=f"--conf dicomweb_filter: {message}"):
             AppConfig.from_conf({"dicomweb_filter": text}, tmp_path, environ={})
+
+
+def test_the_first_run_setup_retrains_a_detector_folder_of_the_older_layout(tmp_path, capsys):
+    import torch
+
+    from lib.server.setup import usable
+
+    old = tmp_path / "recess_detection"
+    old.mkdir()  # what the detector wrote before it moved onto the shared model folder
+    torch.save({"format": "loris-recess-detector", "version": 2, "settings": {}, "network": {}}, old / "model.pt")
+    (old / "detector.json").write_text("{}")
+    assert usable("recess_detection", old) is False
+    said = capsys.readouterr().out
+    assert f"the model in {old} cannot be used" in said and "older version of this project" in said
+    assert "POST /train/recess_detection" in said and "training a new one" in said
+    assert usable("recess_detection", tmp_path / "absent") is False and capsys.readouterr().out == ""

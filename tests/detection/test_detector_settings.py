@@ -41,9 +41,16 @@ def test_bad_settings_name_the_field_the_value_and_what_is_allowed(field, value,
     assert field in str(info.value) and repr(value) in str(info.value) and words in str(info.value)
 
 
-def test_unknown_saved_setting_lists_the_valid_ones():
-    with pytest.raises(DataError, match="unknown setting.*colour.*valid settings are .*image_size"):
+def test_unknown_saved_setting_lists_the_known_ones():
+    with pytest.raises(DataError, match="unknown setting.*colour.*known settings are .*image_size"):
         DetectorSettings.from_dict({"colour": 1})
+
+
+def test_detector_settings_share_the_model_settings_base():
+    from lib.training.settings import ModelSettings
+
+    assert isinstance(DetectorSettings(), ModelSettings)
+    assert DetectorSettings.quick(seed=3) == DetectorSettings(max_epochs=80, seed=3)
 
 
 def test_replace_validates_the_copy():

@@ -13,7 +13,7 @@ from lib.data.imageio import read_image, write_png
 from lib.detection.cli_detect import detect_file
 from lib.detection.infer import Detection, RecessDetector
 from lib.detection.metrics import detection_metrics
-from lib.detection.model_files import BEST, LAST
+from lib.detection.model_files import CHECKPOINT_FILE, INFO_FILE, MODEL_FILE
 from lib.detection.settings import DetectorSettings
 from lib.detection.train import train_detector
 from lib.errors import DataError, ModelError, NotTrainedError
@@ -36,18 +36,27 @@ def trained(tiny_records, tmp_path_factory):
     return model_dir, summary, epochs
 
 
-def test_training_writes_a_complete_model_directory(trained):
+def test_training_writes_the_model_folder_every_model_shares(trained):
     model_dir, summary, epochs = trained
-    assert {p.name for p in model_dir.iterdir()} == {"model.pt", "detector.json", "last.pt"}
-    info = json.loads((model_dir / "detector.json").read_text())
-    assert info["format"] == "loris-recess-detector" and info["version"] == 2
+    assert {p.name for p in model_dir.iterdir()} == {MODEL_FILE, INFO_FILE, CHECKPOINT_FILE} == \
+        {"model.pt", "model.json", "checkpoint_last.pt"}
+    info = json.loads((model_dir / INFO_FILE).read_text())
+    assert info["format"] == "loris-recess-detector" and info["format_version"] == 3
     assert info["settings"]["image_size"] == 64
+    assert info["training"]["epochs_run"] == EPOCHS and "history" not in info["training"]
     assert summary["epochs_run"] == len(epochs) == EPOCHS
-    # cosine schedule: the learning rate decays to zero and the last epoch's model is kept
-    assert summary["best_epoch"] == info["epoch"] == EPOCHS - 1 and summary["stopped"] == "max_epochs"
-    assert epochs[-1]["learning_rate"] == pytest.approx(0.0, abs=1e-9)
-    assert epochs[0]["learning_rate"] > 0.5 * DetectorSettings().learning_rate
-    assert summary["valid_source"] == "held-out patients"
+    # epochs are counted from 1, with the records and summary keys of every model's training loop
+    assert [e["epoch"] for e in epochs] == list(range(1, EPOCHS + 1))
+    assert {"epoch", "max_epochs", "train", "valid", "monitor", "value", "best_value", "best_epoch"} <= set(epochs[0])
+    assert set(summary) >= {"epochs_run", "best_epoch", "monitor", "best_value", "stopped", "resumed", "device",
+                            "seconds", "history", "world_size", "rank", "rank_epochs"}
+    assert summary["world_size"] == 1 and summary["rank_epochs"] == [EPOCHS] and summary["resumed"] is False
+    # cosine schedule: the learning rate decays towards zero and the last epoch's model is kept
+    assert summary["best_epoch"] == info["epoch"] == EPOCHS and summary["stopped"] == "max_epochs"
+    rates = [e["train"]["learning_rate"] for e in epochs]
+    assert rates[0] == DetectorSettings().learning_rate and rates == sorted(rates, reverse=True)
+    assert rates[-1] < 0.02 * rates[0]
+    assert summary["valid_source"] == "valid"
     assert set(summary["validation"]) >= {"precision50", "map50", "map75", "mean_iou", "n_images"}
     # validation_all adds the held-out distended image(s) to the normal ones
     assert summary["validation_all"]["n_images"] >= summary["validation"]["n_images"]
@@ -91,7 +100,7 @@ def test_confidence_floor_is_calibrated_on_validation_and_stored_with_the_model(
     detector = RecessDetector.load(model_dir)
     assert detector.score_threshold == pytest.approx(floor)
     assert detector.info["calibration"] == calibration
-    assert json.loads((model_dir / "detector.json").read_text())["calibration"]["confidence_floor"] == floor
+    assert json.loads((model_dir / INFO_FILE).read_text())["calibration"]["confidence_floor"] == floor
     # an explicit score_threshold in the settings wins over the calibrated floor
     fixed = RecessDetector(detector.network, detector.settings.replace(score_threshold=0.9), info=detector.info)
     assert fixed.score_threshold == 0.9
@@ -136,7 +145,7 @@ def test_detect_command_answers_json_found_and_not_found(trained, tiny_records, 
     assert cli(["detect", "--model", str(model_dir), "--image", str(tmp_path / "blank.png")]) == 0
     assert json.loads(capsys.readouterr().out) == missing
     assert cli(["detect", "--model", str(tmp_path / "absent"), "--image", str(tmp_path / "blank.png")]) == 2
-    assert "no such detector model directory" in capsys.readouterr().err
+    assert "recess detector directory not found" in capsys.readouterr().err
 
 
 def test_detection_metrics_cover_normal_and_distended_records(trained, tiny_records):
@@ -152,31 +161,41 @@ def test_plateau_schedule_stops_early_and_keeps_the_best_epoch(tiny_records, tmp
                              progress=False, on_epoch=epochs.append)
     assert summary["stopped"] == "early_stopping"
     best = summary["best_epoch"]
-    assert summary["epochs_run"] == best + 1 + 2  # two epochs without improvement after the best
+    assert summary["epochs_run"] == best + 2  # two epochs without improvement after the best
     ious = [e["valid"]["mean_iou"] for e in epochs]  # the monitor (mean IoU) breaks its own ties
-    assert ious[best] == max(ious) and all(v <= ious[best] for v in ious[best + 1 :])
-    assert torch.load(tmp_path / "m" / BEST, weights_only=True)["epoch"] == best
+    assert ious[best - 1] == max(ious) and all(v <= ious[best - 1] for v in ious[best:])
+    assert torch.load(tmp_path / "m" / MODEL_FILE, weights_only=True)["epoch"] == best
 
 
-def test_resume_continues_where_training_stopped(tiny_records, tmp_path):
+def test_a_resumed_training_trains_what_the_uninterrupted_one_does(tiny_records, tmp_path):
+    settings = tiny_settings(max_epochs=3)
+    whole = train_detector(tiny_records, tmp_path / "whole", settings, progress=False)
     model_dir = tmp_path / "model"
-    first = train_detector(tiny_records, model_dir, tiny_settings(max_epochs=1), progress=False)
-    assert first["epochs_run"] == 1 and (model_dir / LAST).is_file()
+    batches = []  # stopped during epoch 2 (5 batches of 4 per epoch): epoch 1 is checkpointed, epoch 2 dropped
+    first = train_detector(tiny_records, model_dir, settings, progress=False,
+                           should_stop=lambda: batches.append(1) or len(batches) > 6)
+    assert (first["stopped"], first["epochs_run"]) == ("cancelled", 1) and (model_dir / CHECKPOINT_FILE).is_file()
     epochs = []
-    second = train_detector(tiny_records, model_dir, tiny_settings(max_epochs=2), resume=True, progress=False,
-                            on_epoch=epochs.append)
-    assert [e["epoch"] for e in epochs] == [1]
-    assert second["epochs_run"] == 2
+    second = train_detector(tiny_records, model_dir, settings, resume=True, progress=False, on_epoch=epochs.append)
+    assert [e["epoch"] for e in epochs] == [2, 3] and second["epochs_run"] == 3 and second["resumed"] is True
+    # the optimizer, the schedule and every random draw continue: the same weights, bit for bit
+    a = torch.load(tmp_path / "whole" / MODEL_FILE, weights_only=True)
+    b = torch.load(model_dir / MODEL_FILE, weights_only=True)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["calibration"] == b["calibration"] and whole["validation"] == second["validation"]
     with pytest.raises(ModelError, match="cannot resume.*image_size"):
-        train_detector(tiny_records, model_dir, tiny_settings(image_size=96, max_epochs=3), resume=True, progress=False)
+        train_detector(tiny_records, model_dir, tiny_settings(image_size=96, max_epochs=4), resume=True, progress=False)
 
 
-def test_should_stop_ends_training_and_keeps_the_best_so_far(tiny_records, tmp_path):
+def test_should_stop_ends_training_and_keeps_the_last_epoch_so_far(tiny_records, tmp_path):
     calls = []
     summary = train_detector(tiny_records, tmp_path / "m", tiny_settings(max_epochs=5), progress=False,
                              on_epoch=calls.append, should_stop=lambda: len(calls) >= 1)
-    assert summary["stopped"] == "should_stop" and summary["epochs_run"] == 1
-    RecessDetector.load(tmp_path / "m")
+    assert summary["stopped"] == "cancelled" and summary["epochs_run"] == 1
+    assert RecessDetector.load(tmp_path / "m").info["epoch"] == 1
+    with pytest.raises(DataError, match="stopped before the first epoch ended"):
+        train_detector(tiny_records, tmp_path / "n", tiny_settings(), progress=False, should_stop=lambda: True)
+    assert not (tmp_path / "n" / MODEL_FILE).exists()
 
 
 def test_no_normal_boxed_image_is_a_clear_error(tiny_records, tmp_path):
@@ -186,26 +205,62 @@ def test_no_normal_boxed_image_is_a_clear_error(tiny_records, tmp_path):
 
 
 def test_loading_reports_missing_untrained_and_foreign_models(tmp_path):
-    with pytest.raises(ModelError, match="no such detector model directory"):
+    with pytest.raises(ModelError, match="recess detector directory not found"):
         RecessDetector.load(tmp_path / "absent")
     (tmp_path / "empty").mkdir()
     with pytest.raises(NotTrainedError, match="train-detector"):
         RecessDetector.load(tmp_path / "empty")
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "model.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelError, match="not a readable detector checkpoint"):
+    with pytest.raises(ModelError, match="not a readable recess detector"):
         RecessDetector.load(tmp_path / "foreign")
-    torch.save({"format": "something-else"}, tmp_path / "foreign" / "model.pt")
-    with pytest.raises(ModelError, match="not a recess-detector checkpoint"):
+    torch.save({"format": "something-else", "format_version": 3}, tmp_path / "foreign" / "model.pt")
+    with pytest.raises(ModelError, match="format is 'something-else', expected 'loris-recess-detector'"):
         RecessDetector.load(tmp_path / "foreign")
 
 
-def test_a_model_folder_of_the_older_retinanet_detector_is_refused_with_the_retrain_command(tmp_path):
+RETRAIN = r"python -m lib train-detector --data DIR --out {folder}, or POST /train/recess_detection"
+
+
+def test_a_folder_of_the_detectors_own_older_layout_is_refused_naming_the_folder_and_the_retrain_commands(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()  # what version 2 wrote: model.pt with a "version" key and "network", detector.json, last.pt
+    torch.save({"format": "loris-recess-detector", "version": 2, "settings": {"image_size": 64}, "network": {},
+                "epoch": 3, "calibration": {"confidence_floor": 0.2}}, old / "model.pt")
+    (old / "detector.json").write_text(json.dumps({"format": "loris-recess-detector", "version": 2}))
+    torch.save({"format": "loris-recess-detector", "version": 2, "epoch": 3}, old / "last.pt")
+    with pytest.raises(ModelError) as info:
+        RecessDetector.load(old)
+    message = str(info.value)
+    assert str(old / "model.pt") in message and "older version of this project (detector.json, last.pt)" in message
+    assert "version 2 kept the detector in a folder layout of its own" in message
+    assert RETRAIN.format(folder=old) in message
+    # the same file alone (e.g. uploaded or copied without the rest) is refused too
+    (old / "detector.json").unlink()
+    (old / "last.pt").unlink()
+    with pytest.raises(ModelError, match=r"a 'version' key.*train-detector .*POST /train/recess_detection"):
+        RecessDetector.load(old)
+
+
+def test_a_model_folder_of_the_older_retinanet_detector_is_refused_with_the_retrain_commands(tmp_path):
     (tmp_path / "old").mkdir()
     torch.save({"format": "loris-recess-detector", "version": 1, "settings": {"image_size": 128,
                 "anchor_aspect_ratios": [4.0, 2.0, 1.0]}, "network": {}}, tmp_path / "old" / "model.pt")
-    with pytest.raises(ModelError, match=r"version 1 is not supported.*python -m lib train-detector .*--out .*old"):
+    with pytest.raises(ModelError) as info:
         RecessDetector.load(tmp_path / "old")
+    assert "version 1 was the RetinaNet detector" in str(info.value)
+    assert RETRAIN.format(folder=tmp_path / "old") in str(info.value)
+
+
+def test_training_into_a_folder_of_the_older_layout_replaces_it(tiny_records, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    torch.save({"format": "loris-recess-detector", "version": 2, "network": {}}, old / "model.pt")
+    (old / "detector.json").write_text("{}")
+    torch.save({"format": "loris-recess-detector", "version": 2}, old / "last.pt")
+    train_detector(tiny_records, old, tiny_settings(max_epochs=1), resume=True, progress=False)
+    assert {p.name for p in old.iterdir()} == {"model.pt", "model.json", "checkpoint_last.pt"}
+    assert RecessDetector.load(old).info["epoch"] == 1
 
 
 def test_bad_image_is_a_clear_error(trained):
@@ -223,5 +278,5 @@ def test_train_detector_command_reads_a_dataset_folder_and_writes_a_loadable_mod
               "--image-size", "64", "--threads", "1", "--no-progress"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["epochs_run"] == 1 and summary["best_epoch"] == 0
+    assert summary["epochs_run"] == 1 and summary["best_epoch"] == 1 and "history" not in summary
     assert RecessDetector.load(tmp_path / "model").settings.image_size == 64

@@ -123,6 +123,27 @@ def test_detected_boxes_come_from_a_detector_per_fold(tiny_data, tmp_path):
     assert "Table 2" in (out / "report.md").read_text()
 
 
+def test_the_detected_box_record_is_what_the_infer_command_gives_with_that_folds_models(tiny_data, tmp_path):
+    # one pipeline: the evaluation's --box detected record (box and LoRIS score) of a test image is what a user
+    # gets from `python -m lib infer --model M --detector D --image I` with the fold's models (the decision is
+    # not compared: the evaluation recalibrates the thresholds on detected validation boxes)
+    out = tmp_path / "eval"
+    assert _evaluate(tiny_data, out, "--methods", "loris", "--box", "detected", "--detector-image-size", "64",
+                     "--detector-epochs", "1") == 0
+    fold = json.loads((out / "folds" / "fold_0.json").read_text())
+    model, detector = fold["models"]["loris@gt"], fold["models"]["detector"]
+    assert detector == str(out / "models" / "fold_0" / "detector")
+    record = next(i for i in fold["images"] if i["boxes"]["detected"]["box"] is not None)
+    assert main(["infer", "--model", model, "--detector", detector, "--image",
+                 str(tiny_data / "images" / f"{record['image']}.png"), "--out", str(tmp_path / "infer")]) == 0
+    result = json.loads((tmp_path / "infer" / "result.json").read_text())
+    detected = record["boxes"]["detected"]
+    assert (result["box"], result["box_source"]) == (detected["box"], "detector")
+    assert result["detector_confidence"] == pytest.approx(detected["confidence"], abs=1e-6)  # a batch of 1 vs many
+    assert result["metric"] == "msgmsd"
+    assert result["score"] == pytest.approx(record["scores"]["loris+msgmsd@detected"], rel=1e-6)
+
+
 def test_report_only_rebuilds_the_report_of_a_finished_run(tiny_data, tmp_path):
     out = tmp_path / "eval"
     assert _evaluate(tiny_data, out, "--methods", "box-shape") == 0

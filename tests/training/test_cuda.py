@@ -47,6 +47,24 @@ def test_training_and_inference_run_on_the_gpu(tiny_flat, tmp_path):
     assert float((gpu["reconstruction"] - cpu["reconstruction"]).abs().max()) < 1e-3  # same weights, same outputs
 
 
+def test_the_detector_trains_on_the_gpu_when_the_device_is_auto(tiny_flat, tmp_path):
+    from lib.data.dataset import load_dataset
+    from lib.data.imageio import read_boxed_images
+    from lib.detection.infer import RecessDetector
+    from lib.detection.settings import DetectorSettings
+    from lib.detection.train import train_detector
+
+    records = load_dataset(tiny_flat).records
+    settings = DetectorSettings(image_size=64, base_channels=8, fpn_channels=16, max_epochs=2, batch_size=4)
+    summary = train_detector(records, tmp_path / "d", settings, progress=False, device="auto")
+    assert summary["device"].startswith("cuda") and summary["epochs_run"] == 2 and summary["gpu_peak_memory_mb"] > 0
+    images = read_boxed_images([r for r in records if r.box is not None][:4])
+    gpu = RecessDetector.load(tmp_path / "d", device="cuda").detect_batch(images, min_confidence=0.0)
+    cpu = RecessDetector.load(tmp_path / "d", device="cpu").detect_batch(images, min_confidence=0.0)
+    for g, c in zip(gpu, cpu):  # same weights, same boxes (up to a pixel of rounding)
+        assert max(abs(a - b) for a, b in zip(g.box, c.box)) <= 1 and abs(g.confidence - c.confidence) < 1e-3
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_and_infers_within_tolerance(tiny_flat, tmp_path, precision):
     from lib.data.dataset import load_dataset

@@ -46,6 +46,9 @@ def _ranks(rank: int, world_size: int, port: int, results) -> None:
         out["shard"] = distributed.shard(5, world).tolist()
         # rank 0 covers 3 images with mean 1.0, rank 1 covers 1 image with mean 5.0: (3 + 5) / 4 = 2.0
         out["average"] = distributed.average({"loss": [1.0, 5.0][rank], "images": [3, 1][rank], "name": "x"}, world)
+        # a count every rank computed alike (the detector's n_images: every rank validates every image) stays whole
+        out["counts"] = distributed.average({"n_images": 22, "iou": [0.5, 0.75][rank]}, world)
+        out["shards"] = [distributed.epoch_shard(7, 1, 3, world).tolist(), distributed.epoch_seed(3, 1, rank)]
         out["any"] = (distributed.any_rank(rank == 1, world), distributed.any_rank(False, world))
         out["gather"] = distributed.gather(rank * 10, world)
         out["from_main"] = distributed.from_main(lambda: {"checkpoint": torch.arange(3)}, world)["checkpoint"].tolist()
@@ -79,8 +82,11 @@ def test_two_gloo_processes_agree_on_every_decision():
         assert len(a) == len(b) == 5 and sorted(a + b) == list(range(10))
     assert first["orders"][0] != first["orders"][1]  # reshuffled every epoch
     assert first["shard"] == [0, 2, 4] and second["shard"] == [1, 3]
+    (a, seed_a), (b, seed_b) = first["shards"], second["shards"]
+    assert len(a) == len(b) == 4 and set(a + b) == set(range(7)) and seed_a != seed_b  # padded to equal shares
     for out in (first, second):
         assert out["average"] == {"loss": 2.0, "images": 4, "name": "x"}
+        assert out["counts"] == {"n_images": 22, "iou": 0.625} and type(out["counts"]["n_images"]) is int
         assert out["any"] == (True, False)
         assert out["gather"] == [0, 10] and out["from_main"] == [0, 1, 2]
         assert out["error"] == "bad checkpoint"  # raised on every rank

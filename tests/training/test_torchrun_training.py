@@ -1,4 +1,4 @@
-"""``torchrun --nproc_per_node 2 -m lib train`` on the CPU (gloo): two processes train one model together."""
+"""``torchrun --nproc_per_node 2 -m lib train`` / ``train-detector`` on the CPU (gloo): two processes train one model together."""
 
 import json
 import os
@@ -56,3 +56,36 @@ def test_two_gloo_processes_train_one_model_that_infers(tiny_flat, tmp_path):
     assert proc.returncode == 0, log[-4000:]
     assert "epochs run by each rank: [3, 3]" in log and "no checkpoint" not in log
     assert json.loads((model / "model.json").read_text())["training"]["resumed"] is True
+
+
+def test_two_gloo_processes_train_one_detector_and_stop_at_the_same_epoch(tiny_flat, tmp_path):
+    from lib.detection.infer import RecessDetector
+
+    model = tmp_path / "detector"
+    args = ("train-detector", "--data", str(tiny_flat), "--out", str(model), "--image-size", "64", "--batch-size", "4",
+            "--schedule", "plateau", "--patience", "1", "--device", "cpu", "--no-progress")
+    proc = _torchrun(*args, "--epochs", "3")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+
+    # rank 0 alone prints the summary (stdout: one JSON document) and writes the model
+    summary = json.loads(proc.stdout)
+    epochs = summary["epochs_run"]
+    assert summary["world_size"] == 2 and summary["rank_epochs"] == [epochs, epochs]  # both ranks stop together
+    assert ("world size 2: 2 processes trained together (batch 4 per process, 8 per step); "
+            f"epochs run by each rank: [{epochs}, {epochs}]") in log
+    stopped = summary["stopped"].replace("_", " ")
+    assert f"rank 1 of world size 2: {epochs} epochs ({stopped}) on cpu; rank 0 writes the model" in log
+    assert sorted(p.name for p in model.iterdir()) == ["checkpoint_last.pt", "model.json", "model.pt"]
+    info = json.loads((model / "model.json").read_text())
+    assert info["training"]["world_size"] == 2 and info["epoch"] == summary["best_epoch"]
+    detector = RecessDetector.load(model)
+    assert detector.settings.image_size == 64 and 0.0 < detector.score_threshold < 1.0
+
+    # resume: the two processes continue from rank 0's checkpoint
+    proc = _torchrun(*args, "--epochs", "5", "--resume")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    again = json.loads(proc.stdout)
+    assert again["resumed"] is True and again["epochs_run"] >= epochs
+    assert again["rank_epochs"] == [again["epochs_run"]] * 2
