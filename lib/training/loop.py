@@ -216,8 +216,10 @@ def fit(*, kind: ModelKind, out_dir: str | os.PathLike, settings, network: torch
                     **(extra_checkpoint or {}),
                 })
             bar.update(1)
-            bar.set_postfix(loss=f"{train.get('loss', float('nan')):.4f}", **{monitor: f"{value:.4f}"},
-                            best=f"{stopper.best_value:.4f}@{stopper.best_epoch}")
+            shown = {"loss": f"{train.get('loss', float('nan')):.4f}", monitor: f"{value:.4f}"}
+            if keep == "best":  # with keep="last" the kept epoch is always this one: nothing to add
+                shown["best"] = f"{stopper.best_value:.4f}@{stopper.best_epoch}"
+            bar.set_postfix(**shown)
             if on_epoch is not None and world.is_main:
                 on_epoch(dict(record))
         else:
