@@ -29,8 +29,9 @@ trains on its shard of the normal training images with ``batch_size`` images per
 step (the effective batch is ``batch_size x world_size``) and its own augmentation
 draws, gradients are averaged (DDP), batch norms synchronized on GPUs; every rank
 validates on every validation image (mAP is not a mean over images), so all stop at
-the same epoch; rank 0 calibrates and writes the model. One process trains exactly
-as before the spine (the same draws in the same order: the same weights, bit for bit).
+the same epoch; rank 0 calibrates and writes the model. A single process makes no
+collective calls: the same seed gives the same draws in the same order and the same
+weights, bit for bit.
 """
 
 from __future__ import annotations
