@@ -19,7 +19,7 @@ from lib.detection.model_files import load_model
 from lib.detection.network import RecessNet, build_network, decode
 from lib.detection.preprocess import check_image, network_image, original_box
 from lib.detection.settings import DetectorSettings
-from lib.errors import ModelError
+from lib.training.model_folder import load_weights
 
 DEFAULT_FLOOR = 0.5
 """Confidence floor of a model that has not been calibrated yet (only while it trains)."""
@@ -99,11 +99,7 @@ class RecessDetector:
             NotTrainedError: the folder holds no trained detector yet.
         """
         bundle = load_model(model_dir)
-        network = build_network(bundle.settings)
-        try:
-            network.load_state_dict(bundle.state_dict)
-        except RuntimeError as exc:
-            raise ModelError(f"{model_dir}: detector weights do not match their settings ({exc})") from None
+        network = load_weights(build_network(bundle.settings), bundle.state_dict, model_dir, "detector weights")
         return cls(network, bundle.settings, device, bundle.info)
 
     def detect(self, image: np.ndarray, min_confidence: float | None = None) -> Detection | None:

@@ -34,7 +34,7 @@ import torch
 from lib.data.atomic import atomic_path
 from lib.data.imageio import encode_png_unfiltered, png_pixels
 from lib.data.records import Box, validate_box
-from lib.errors import DataError, ModelError, NotTrainedError
+from lib.errors import DataError, NotTrainedError
 from lib.loris import preprocess
 from lib.loris.anomaly import anomaly_maps, check_metric
 from lib.loris.model_files import load_model
@@ -43,6 +43,7 @@ from lib.loris.postprocess import box_region, image_scores, segment
 from lib.loris.reconstruction import reconstruct
 from lib.loris.settings import LorisSettings
 from lib.training.devices import resolve_device
+from lib.training.model_folder import load_weights
 from lib.training.precision import autocast, check_precision
 
 logger = logging.getLogger(__name__)
@@ -161,11 +162,7 @@ class LorisPredictor:
              precision: str = "float32") -> "LorisPredictor":
         """Load ``model_dir`` once (raises ModelError / NotTrainedError, see :mod:`lib.loris.model_files`)."""
         bundle = load_model(model_dir)
-        network = build_network(bundle.settings)
-        try:
-            network.load_state_dict(bundle.state_dict)
-        except RuntimeError as exc:
-            raise ModelError(f"{model_dir}: weights do not match the saved network settings ({exc})") from None
+        network = load_weights(build_network(bundle.settings), bundle.state_dict, model_dir)
         return cls(network, bundle.settings, bundle.calibration, device, precision=precision)
 
     # --- thresholds -----------------------------------------------------------------------------------------

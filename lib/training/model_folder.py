@@ -175,6 +175,17 @@ class ModelKind:
         return data
 
 
+def load_weights(network: torch.nn.Module, state_dict: dict, model_dir: str | os.PathLike,
+                 what: str = "weights") -> torch.nn.Module:
+    """Load a saved ``state_dict`` into the ``network`` its settings built; weights that do not fit (another
+    shape, missing or extra layers) raise :class:`ModelError` naming ``model_dir``. Returns ``network``."""
+    try:
+        network.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        raise ModelError(f"{model_dir}: {what} do not match the saved network settings ({exc})") from None
+    return network
+
+
 def read_info(model_dir: str | os.PathLike) -> dict | None:
     """``model.json`` as a dict (for display), or None when absent or unreadable."""
     try:
